@@ -1,0 +1,106 @@
+"""Speed of the GPT: training-step throughput against a plain fp32 matmul, and generation with and
+without the KV cache.
+
+    python scripts/bench_model.py            # TINY and SMALL, 2 threads
+    python scripts/bench_model.py --threads 2 --repeats 5 --configs SMALL
+
+Every ratio is against a baseline measured in the same process: the training step's achieved
+GFLOP/s over a square fp32 ``torch.matmul``'s GFLOP/s, and cached over uncached generation.
+FLOPs per trained token, counting a multiply-add as 2 and backward as twice forward
+(Kaplan et al., 2020; Chowdhery et al., 2022, appendix B):
+
+    3 * (L * (24 C^2 + 4 T C) + 2 C V)
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from minirlhf.model import GPT, GPTConfig
+
+CONFIGS = {
+    "TINY": dict(cfg=GPTConfig(512, 128, 4, 4, 128), batch=16),
+    "SMALL": dict(cfg=GPTConfig(4096, 256, 6, 6, 384), batch=8),
+}
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int, repeats: int) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = median_time(lambda: torch.matmul(a, b), repeats * 3)
+    return 2 * n**3 / t / 1e9
+
+
+def train_flops_per_token(c: GPTConfig, T: int) -> float:
+    return 3 * (c.n_layer * (24 * c.n_embd**2 + 4 * T * c.n_embd) + 2 * c.n_embd * c.vocab_size)
+
+
+def bench_train(cfg: GPTConfig, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    T = cfg.block_size
+    x = torch.randint(0, cfg.vocab_size, (batch, T + 1))
+    inp, tgt = x[:, :-1], x[:, 1:]
+
+    def step():
+        logits = model(inp)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), tgt.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t = median_time(step, repeats)
+    tokens = batch * T
+    return {"tokens_per_s": tokens / t, "gflops": train_flops_per_token(cfg, T) * tokens / t / 1e9}
+
+
+def bench_generate(cfg: GPTConfig, batch: int, use_cache: bool, repeats: int,
+                   prompt_len: int = 16, new: int = 64) -> float:
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (batch, prompt_len))
+    g = torch.Generator().manual_seed(0)
+    t = median_time(lambda: model.generate(x, new, temperature=1.0, generator=g, use_cache=use_cache),
+                    repeats, warmup=1)
+    return batch * new / t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--matmul-n", type=int, default=1024)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, medians of {args.repeats}")
+    base = matmul_gflops(args.matmul_n, args.repeats)
+    print(f"baseline: {args.matmul_n}x{args.matmul_n} fp32 matmul {base:.1f} GFLOP/s")
+    for name in args.configs:
+        cfg, batch = CONFIGS[name]["cfg"], CONFIGS[name]["batch"]
+        tr = bench_train(cfg, batch, args.repeats)
+        print(f"{name:5s} train  batch {batch:2d} x {cfg.block_size}: {tr['tokens_per_s']:8.0f} tok/s  "
+              f"{tr['gflops']:6.1f} GFLOP/s = {tr['gflops'] / base:5.1%} of matmul")
+        for b in (1, 16):
+            cached = bench_generate(cfg, b, True, args.repeats)
+            uncached = bench_generate(cfg, b, False, max(1, args.repeats // 2))
+            print(f"{name:5s} generate batch {b:2d}: cached {cached:8.0f} tok/s  uncached {uncached:8.0f} tok/s"
+                  f"  speed-up {cached / uncached:5.1f}x")
+
+
+if __name__ == "__main__":
+    main()
