@@ -1,0 +1,73 @@
+"""minirlhf.objectives: the pure-math layer (torch only; tensors in, tensors out).
+
+policy.py       log-probs, entropy, KL estimators, GAE, PPO losses, KL controllers, critic loss,
+                GRPO / RLOO / batch baselines
+preference.py   Bradley-Terry, Davidson ties, Plackett-Luce, DPO / cDPO / IPO / hinge, ECE, Fleiss' kappa
+trust_region.py flat gradients, Hessian-vector products, conjugate gradient, the TRPO step
+stats.py        masked sums, means, variances, whitening, explained variance
+"""
+
+from .policy import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    AdaptiveKLController,
+    AdaptiveKLPenalty,
+    FixedKLController,
+    aggregate_loss,
+    batch_normalized_advantages,
+    broadcast_to_tokens,
+    entropy_from_logits,
+    gae,
+    group_advantages,
+    grpo_kl_penalty,
+    kl_estimate,
+    kl_from_logits,
+    logprobs_from_logits,
+    ppo_penalty_loss,
+    ppo_policy_loss,
+    rloo_advantages,
+    value_loss,
+)
+from .preference import (
+    DPO_LOSS_TYPES,
+    bradley_terry_logit,
+    bradley_terry_loss,
+    bradley_terry_prob,
+    davidson_log_probs,
+    davidson_probs,
+    davidson_tie_loss,
+    dpo_loss,
+    expected_calibration_error,
+    fleiss_kappa,
+    plackett_luce_logprob,
+    plackett_luce_loss,
+)
+from .stats import explained_variance, masked_mean, masked_sum, masked_var, whiten
+from .trust_region import (
+    conjugate_gradient,
+    flat_grad,
+    flat_params,
+    hessian_vector_product,
+    make_hvp,
+    set_flat_params,
+    trpo_step,
+)
+
+__all__ = [
+    # stats
+    "masked_sum", "masked_mean", "masked_var", "whiten", "explained_variance",
+    # policy
+    "logprobs_from_logits", "entropy_from_logits", "kl_from_logits",
+    "KL_ESTIMATORS", "kl_estimate", "grpo_kl_penalty", "gae",
+    "LOSS_AGGREGATIONS", "aggregate_loss", "ppo_policy_loss", "ppo_penalty_loss",
+    "AdaptiveKLPenalty", "AdaptiveKLController", "FixedKLController", "value_loss",
+    "group_advantages", "rloo_advantages", "batch_normalized_advantages", "broadcast_to_tokens",
+    # preference
+    "bradley_terry_logit", "bradley_terry_prob", "bradley_terry_loss",
+    "davidson_log_probs", "davidson_probs", "davidson_tie_loss",
+    "plackett_luce_logprob", "plackett_luce_loss",
+    "DPO_LOSS_TYPES", "dpo_loss", "expected_calibration_error", "fleiss_kappa",
+    # trust region
+    "flat_grad", "flat_params", "set_flat_params", "make_hvp", "hessian_vector_product",
+    "conjugate_gradient", "trpo_step",
+]
