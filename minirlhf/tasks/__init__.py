@@ -1,0 +1,34 @@
+"""Tasks: prompts, demonstrations, a programmatic reward and an exact metric.
+
+    get_task("arithmetic")                       addition/subtraction, exact-match reward
+    get_task("arithmetic", max_operand=20)       config fields as keyword arguments
+    get_task("instruct", vocab_size=2048)        explain-to-a-child, heuristic judge
+"""
+from __future__ import annotations
+
+from minirlhf.tasks.arithmetic import (ArithmeticConfig, ArithmeticTask, needs_carry_or_borrow,
+                                       parse_answer)
+from minirlhf.tasks.base import SPLITS, Task
+from minirlhf.tasks.instruct import InstructConfig, InstructTask, judge_components, judge_score
+from minirlhf.tasks.metrics import mean_rouge_l, rouge_l
+
+TASKS: dict[str, type[Task]] = {
+    ArithmeticTask.name: ArithmeticTask,
+    InstructTask.name: InstructTask,
+}
+
+
+def get_task(name: str, **config) -> Task:
+    """The task registered under `name`, built with its config fields given as keywords
+    (or `config=` a ready config dataclass). Unknown names and fields raise ValueError."""
+    if name not in TASKS:
+        raise ValueError(f"task: unknown name {name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name](**config)
+
+
+__all__ = [
+    "SPLITS", "TASKS", "Task", "get_task",
+    "ArithmeticConfig", "ArithmeticTask", "needs_carry_or_borrow", "parse_answer",
+    "InstructConfig", "InstructTask", "judge_components", "judge_score",
+    "rouge_l", "mean_rouge_l",
+]
