@@ -79,12 +79,9 @@ class DataError(ValueError):
         return (type(self), (self.reason, self.file, self.line, self.field, self.row))
 
 
-class _RowError(Exception):
-    """Raised inside the validators; read_jsonl adds the file and line."""
-
-    def __init__(self, field, reason):
-        super().__init__(reason)
-        self.field, self.reason = field, reason
+def _bad(field, reason) -> DataError:
+    """A DataError from the validators; read_jsonl adds the file and line."""
+    return DataError(reason, field=field)
 
 
 # ---------------------------------------------------------------------------
@@ -121,20 +118,20 @@ def _check_unicode(value: str, field: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise _RowError(field, f"expected valid Unicode text, got an unpaired surrogate "
-                               f"{value[e.start]!r} at character {e.start}") from None
+        raise _bad(field, f"expected valid Unicode text, got an unpaired surrogate "
+                          f"{value[e.start]!r} at character {e.start}") from None
     return value
 
 
 def _string(obj: dict, field: str, required: bool = True, allow_empty: bool = False):
     if field not in obj:
         if required:
-            raise _RowError(field, "missing; expected a non-empty string")
+            raise _bad(field, "missing; expected a non-empty string")
         return None
     value = obj[field]
     if not isinstance(value, str) or (value == "" and not allow_empty):
         expected = "a string" if allow_empty else "a non-empty string"
-        raise _RowError(field, f"expected {expected}, got {_show(value)}")
+        raise _bad(field, f"expected {expected}, got {_show(value)}")
     return _check_unicode(value, field)
 
 
@@ -143,10 +140,10 @@ def _prob(obj: dict) -> float:
         return 1.0
     v = obj["prob"]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _RowError("prob", f"expected a number in [0, 1], got {_show(v)}")
+        raise _bad("prob", f"expected a number in [0, 1], got {_show(v)}")
     # Compare before converting: a huge JSON integer would overflow float().
     if not (0 <= v <= 1):
-        raise _RowError("prob", f"expected a number in [0, 1], got {_show(v)}")
+        raise _bad("prob", f"expected a number in [0, 1], got {_show(v)}")
     return float(v)
 
 
@@ -156,18 +153,18 @@ def _strength(obj: dict) -> float:
     v = obj["strength"]
     if isinstance(v, str):
         if v not in STRENGTHS:
-            raise _RowError("strength", f"expected a positive number or one of "
-                                        f"{', '.join(repr(k) for k in STRENGTHS)}, got {_show(v)}")
+            raise _bad("strength", f"expected a positive number or one of "
+                                   f"{', '.join(repr(k) for k in STRENGTHS)}, got {_show(v)}")
         return STRENGTHS[v]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _RowError("strength", f"expected a positive number or one of "
-                                    f"{', '.join(repr(k) for k in STRENGTHS)}, got {_show(v)}")
+        raise _bad("strength", f"expected a positive number or one of "
+                               f"{', '.join(repr(k) for k in STRENGTHS)}, got {_show(v)}")
     try:
         s = float(v)
     except OverflowError:
         s = math.inf
     if not (s > 0 and math.isfinite(s)):
-        raise _RowError("strength", f"expected a positive finite number, got {_show(v)}")
+        raise _bad("strength", f"expected a positive finite number, got {_show(v)}")
     return s
 
 
@@ -176,20 +173,26 @@ def _bool(obj: dict, field: str, default: bool) -> bool:
         return default
     v = obj[field]
     if not isinstance(v, bool):
-        raise _RowError(field, f"expected true or false, got {_show(v)}")
+        raise _bad(field, f"expected true or false, got {_show(v)}")
     return v
 
 
 # ---------------------------------------------------------------------------
-# Row schemas: a JSON object -> one canonical dict
+# Row schemas: a JSON object -> one canonical dict (or a DataError naming the field)
 # ---------------------------------------------------------------------------
+
+def _check_object(obj) -> None:
+    if not isinstance(obj, dict):
+        raise _bad(None, f"expected a JSON object, got {_json_type(obj)} {_show(obj, 40)}")
+
 
 def parse_sft_row(obj: dict) -> dict:
     """Validate one SFT object (any of the three layouts) -> ``{"prompt", "response"}``."""
+    _check_object(obj)
     if "instruction" in obj:
         if "prompt" in obj:
-            raise _RowError("prompt", 'both "prompt" and "instruction" are given; expected one layout, '
-                                      '{"prompt", "response"} or {"instruction", "context", "response"}')
+            raise _bad("prompt", 'both "prompt" and "instruction" are given; expected one layout, '
+                                 '{"prompt", "response"} or {"instruction", "context", "response"}')
         instruction = _string(obj, "instruction")
         context = _string(obj, "context", required=False, allow_empty=True)
         prompt = instruction + ("\n\n" + context if context else "")
@@ -197,7 +200,7 @@ def parse_sft_row(obj: dict) -> dict:
         prompt = _string(obj, "prompt")
     if "completion" in obj:
         if "response" in obj:
-            raise _RowError("completion", 'both "response" and "completion" are given; expected one of them')
+            raise _bad("completion", 'both "response" and "completion" are given; expected one of them')
         response = _string(obj, "completion")
     else:
         response = _string(obj, "response")
@@ -207,17 +210,18 @@ def parse_sft_row(obj: dict) -> dict:
 def parse_preference_row(obj: dict) -> dict:
     """Validate one preference object -> ``{"prompt", "chosen", "rejected", "prob",
     "strength", "tie"}`` with the defaults of the module docstring filled in."""
+    _check_object(obj)
     prompt = _string(obj, "prompt")
     chosen = _string(obj, "chosen")
     rejected = _string(obj, "rejected")
     if chosen == rejected:
-        raise _RowError("rejected", 'equal to "chosen"; a pair of identical responses teaches nothing')
+        raise _bad("rejected", 'equal to "chosen"; a pair of identical responses teaches nothing')
     prob = _prob(obj)
     strength = _strength(obj)
     tie = _bool(obj, "tie", False)
     if tie:
         if "prob" in obj and prob != 0.5:
-            raise _RowError("prob", f'a tie ("tie": true) is prob 0.5, got {_show(obj["prob"])}')
+            raise _bad("prob", f'a tie ("tie": true) is prob 0.5, got {_show(obj["prob"])}')
         prob = 0.5
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
             "prob": prob, "strength": strength, "tie": tie}
@@ -225,21 +229,22 @@ def parse_preference_row(obj: dict) -> dict:
 
 def parse_ranking_row(obj: dict) -> dict:
     """Validate one ranking object -> ``{"prompt", "responses": [best, ..., worst]}``."""
+    _check_object(obj)
     prompt = _string(obj, "prompt")
     if "responses" not in obj:
-        raise _RowError("responses", "missing; expected an array of at least 2 distinct non-empty strings")
+        raise _bad("responses", "missing; expected an array of at least 2 distinct non-empty strings")
     responses = obj["responses"]
     if not isinstance(responses, list) or len(responses) < 2:
-        raise _RowError("responses", f"expected an array of at least 2 distinct non-empty strings "
-                                     f"(best first), got {_show(responses)}")
+        raise _bad("responses", f"expected an array of at least 2 distinct non-empty strings "
+                                f"(best first), got {_show(responses)}")
     seen = {}
     for k, r in enumerate(responses):
         field = f"responses[{k}]"
         if not isinstance(r, str) or r == "":
-            raise _RowError(field, f"expected a non-empty string, got {_show(r)}")
+            raise _bad(field, f"expected a non-empty string, got {_show(r)}")
         _check_unicode(r, field)
         if r in seen:
-            raise _RowError(field, f"duplicate of responses[{seen[r]}]; a ranking needs distinct responses")
+            raise _bad(field, f"duplicate of responses[{seen[r]}]; a ranking needs distinct responses")
         seen[r] = k
     return {"prompt": prompt, "responses": list(responses)}
 
@@ -265,20 +270,18 @@ def _object_without_duplicate_keys(pairs):
 
 
 def _parse_line(raw: bytes, parse) -> dict:
-    """One line of bytes -> one canonical row, or _RowError."""
+    """One line of bytes -> one canonical row, or DataError."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _RowError(None, f"invalid UTF-8 at byte {e.start} ({e.reason}); expected a UTF-8 encoded line") from None
+        raise _bad(None, f"invalid UTF-8 at byte {e.start} ({e.reason}); expected a UTF-8 encoded line") from None
     try:
         obj = json.loads(text, parse_constant=_reject_constant,
                          object_pairs_hook=_object_without_duplicate_keys)
     except json.JSONDecodeError as e:  # its own "line 1 column c" would mislead: one line is one row
-        raise _RowError(None, f"invalid JSON: {e.msg} at character {e.pos}") from None
+        raise _bad(None, f"invalid JSON: {e.msg} at character {e.pos}") from None
     except (ValueError, RecursionError) as e:  # duplicate key, NaN, too deep, too many digits
-        raise _RowError(None, f"invalid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise _RowError(None, f"expected a JSON object, got {_json_type(obj)} {_show(obj, 40)}")
+        raise _bad(None, f"invalid JSON: {e}") from None
     return parse(obj)
 
 
@@ -308,7 +311,7 @@ def read_jsonl(path, kind: str, on_error: str = "raise"):
                 continue
             try:
                 rows.append(_parse_line(raw, parse))
-            except _RowError as e:
+            except DataError as e:
                 err = DataError(e.reason, file=file, line=lineno, field=e.field)
                 if on_error == "raise":
                     raise err from None

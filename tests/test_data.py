@@ -388,3 +388,15 @@ def test_batches():
     assert batches(0, 4, torch.Generator()) == []
     with pytest.raises(ValueError, match="batch_size"):
         batches(10, 0, torch.Generator())
+
+
+def test_parse_row_functions_raise_data_error_with_field():
+    from minirlhf.data import parse_preference_row, parse_ranking_row, parse_sft_row
+
+    assert parse_sft_row({"prompt": "p", "completion": "c"}) == {"prompt": "p", "response": "c"}
+    with pytest.raises(DataError) as e:
+        parse_preference_row({**P, "prob": 3})
+    assert (e.value.field, e.value.line, e.value.file) == ("prob", None, None)
+    assert str(e.value) == 'field "prob": expected a number in [0, 1], got 3'
+    with pytest.raises(DataError, match="expected a JSON object, got array"):
+        parse_ranking_row(["a", "b"])
