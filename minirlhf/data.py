@@ -11,8 +11,8 @@ Three kinds of file, one JSON object per line (blank lines are skipped):
                 ``"prob"``: P(chosen is preferred), a number in [0, 1], default 1.0;
                 ``"strength"``: s > 0 in P(chosen > rejected) = sigmoid(s * (r_c - r_r)),
                 a positive number or one of ``"slight"`` (1.0), ``"strong"`` (2.0),
-                ``"very strong"`` (3.0), default 1.0 (the preference-strength extension of
-                Bradley and Terry, 1952, as in the write-up in shared/seeds);
+                ``"very strong"`` (3.0), default 1.0 (Bradley and Terry, 1952, "Rank
+                Analysis of Incomplete Block Designs", with the logit scaled by s);
                 ``"tie"``: bool, default false; a tie is the soft label prob = 0.5 (if
                 "prob" is also given it must be 0.5). ``chosen == rejected`` is a bad row:
                 an identical pair teaches nothing. Canonical row:
