@@ -43,7 +43,6 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file as _safetensors_load_file
 from safetensors.torch import save as _safetensors_save
 
 __all__ = [
@@ -214,8 +213,8 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     device = str(device) if isinstance(device, torch.device) else device
-    tensors = _safetensors_load_file(path, device=device)
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="pt", device=device) as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
         aliases = json.loads((f.metadata() or {}).get(ALIASES_KEY, "{}"))
     for alias, name in aliases.items():
         tensors[alias] = tensors[name]
