@@ -86,7 +86,7 @@ def make_hvp(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0) -> 
     params = _param_list(params)
     if not damping >= 0:
         raise ValueError(f"damping: expected >= 0, got {damping}")
-    g = flat_grad(scalar, params, create_graph=True)  # (n,), carries a graph when H != 0
+    g = flat_grad(scalar, params, retain_graph=True, create_graph=True)  # (n,), has a graph when H != 0
     n = g.numel()
 
     def hvp(v: Tensor) -> Tensor:
