@@ -11,7 +11,8 @@ Three rules keep a checkpoint trustworthy:
    so opening a checkpoint can never run code.
 3. Whole checkpoints appear at once. `CheckpointManager` writes each checkpoint into a
    `ckpt-XXXXXXXX.tmp` folder, renames it to `ckpt-XXXXXXXX` only once complete, then points
-   `latest` at it and only then prunes older ones.
+   `latest` at it and only then prunes older ones. `atomic_write_dir` does the same for any
+   folder (a saved model, say).
 
 A trainer's save and resume, in full:
 
@@ -51,6 +52,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
+    "atomic_write_dir",
     "save_tensors",
     "load_tensors",
     "load_tensor_metadata",
@@ -84,6 +86,15 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root`, so a rename of `root` publishes durable content."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], Any]) -> Path:
@@ -122,6 +133,47 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **json_kwargs: Any) -> 
     """`atomic_write` of `json.dumps(obj, indent=2, **json_kwargs)` plus a final newline."""
     json_kwargs.setdefault("indent", 2)
     return atomic_write_text(path, json.dumps(obj, **json_kwargs) + "\n")
+
+
+def _recover_dir(path: Path) -> None:
+    """Undo what a crash inside `atomic_write_dir(path)` left: a partial `.tmp` folder (deleted), or an
+    `.old` folder whose replacement never took its name (renamed back)."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+
+
+def atomic_write_dir(path: str | os.PathLike, write_fn: Callable[[Path], Any]) -> Path:
+    """Write a folder so that readers see either the old folder or the complete new one.
+
+    `write_fn(tmp)` fills `<path>.tmp`; every file in it is fsynced, then it is renamed to `path`.
+    An existing `path` is first renamed to `<path>.old` and deleted once the new folder is in
+    place; should a crash fall between the two renames, the next call renames `.old` back (and
+    readers may treat `.old` as the folder meanwhile). If `write_fn` raises, `.tmp` is deleted and
+    `path` is untouched. One writer per folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _recover_dir(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    tmp.mkdir()
+    try:
+        write_fn(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 # ---------------------------------------------------------------- tensors (safetensors)
@@ -291,9 +343,10 @@ class CheckpointManager:
     """Numbered checkpoint folders in `run_dir` that appear only when complete.
 
     `save(step, write_fn)`:
-      1. `write_fn(folder)` writes its files into `run_dir/ckpt-XXXXXXXX.tmp`; every file is
-         then fsynced. (A `.tmp` folder is never complete: leftovers from a crash are removed.)
-      2. The folder is renamed to `run_dir/ckpt-XXXXXXXX`: from this moment it is complete.
+      1-2. `atomic_write_dir(run_dir/ckpt-XXXXXXXX, write_fn)`: `write_fn(folder)` writes its files
+         into `run_dir/ckpt-XXXXXXXX.tmp`, which is renamed to `run_dir/ckpt-XXXXXXXX` once all is
+         fsynced: from this moment it is complete. (A `.tmp` folder is never complete: leftovers
+         from a crash are removed.)
       3. `run_dir/latest` is rewritten atomically to name it.
       4. Only then are older checkpoints pruned, keeping the `keep_last` highest steps (and
          always the one just saved); `keep_last=None` keeps all.
@@ -346,37 +399,12 @@ class CheckpointManager:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step: expected a non-negative int, got {step!r}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._clean_up_after_crash()
-        final = self.run_dir / self.folder_name(step)
-        tmp = final.with_name(final.name + ".tmp")
-        old = final.with_name(final.name + ".old")
-
-        tmp.mkdir()
-        try:
-            write_fn(tmp)
-            _fsync_tree(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(self.run_dir)
+        for leftover in [*self.run_dir.glob("ckpt-*.tmp"), *self.run_dir.glob("ckpt-*.old")]:
+            _recover_dir(leftover.with_suffix(""))  # from a crash in an earlier save
+        final = atomic_write_dir(self.run_dir / self.folder_name(step), write_fn)
         atomic_write_text(self.run_dir / "latest", final.name + "\n")
-        shutil.rmtree(old, ignore_errors=True)
         self._prune(keep=final)
         return final
-
-    def _clean_up_after_crash(self) -> None:
-        for p in self.run_dir.glob("ckpt-*.tmp"):
-            shutil.rmtree(p)
-        for p in self.run_dir.glob("ckpt-*.old"):
-            plain = p.with_name(p.name[: -len(".old")])
-            if plain.exists():
-                shutil.rmtree(p)
-            else:
-                os.replace(p, plain)
 
     def _prune(self, keep: Path) -> None:
         if self.keep_last is None:
@@ -410,11 +438,3 @@ class CheckpointManager:
             return None
         return self.step_of(path), read_fn(path)
 
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under `root`, so a rename of `root` publishes durable content."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))

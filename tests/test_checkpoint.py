@@ -12,6 +12,7 @@ from minirlhf.checkpoint import (
     CheckpointManager,
     UnsafeCheckpointError,
     atomic_write,
+    atomic_write_dir,
     atomic_write_json,
     atomic_write_text,
     load_state,
@@ -79,6 +80,31 @@ def test_atomic_write_json(tmp_path):
     path = atomic_write_json(tmp_path / "x.json", obj)
     assert json.loads(path.read_text(encoding="utf-8")) == obj
     assert path.read_text(encoding="utf-8").endswith("\n")
+
+
+def test_atomic_write_dir(tmp_path):
+    path = tmp_path / "model"
+    atomic_write_dir(path, lambda d: (d / "w.txt").write_text("v1"))
+    atomic_write_dir(path, lambda d: (d / "w.txt").write_text("v2"))
+    assert (path / "w.txt").read_text() == "v2"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+    def crash(d):
+        (d / "w.txt").write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_dir(path, crash)
+    assert (path / "w.txt").read_text() == "v2"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+    # A crash between `model -> model.old` and `model.tmp -> model`: the next write recovers the old one first.
+    os.replace(path, tmp_path / "model.old")
+    (tmp_path / "model.tmp").mkdir()
+    with pytest.raises(OSError):
+        atomic_write_dir(path, crash)
+    assert (path / "w.txt").read_text() == "v2"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
 # ---------------------------------------------------------------- safetensors
