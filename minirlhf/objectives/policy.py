@@ -20,7 +20,6 @@ Papers, in the order the functions appear:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .stats import (
     as_mask,
@@ -104,7 +103,7 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
     if not temperature > 0:
         raise ValueError(f"temperature: expected > 0, got {temperature} (greedy decoding has no log-probs)")
     V = logits.shape[-1]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= V):
+    if bool(((labels < 0) | (labels >= V)).any()):  # one check (one device sync) on the happy path
         raise ValueError(
             f"labels: token ids must lie in [0, {V}); got min {int(labels.min())}, max {int(labels.max())} "
             f"(replace ignore-index values such as -100 by a valid id and mask those positions)"
@@ -202,7 +201,7 @@ def grpo_kl_penalty(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """GAE(gamma, lambda) advantages and value targets (Schulman et al. 2016, eqs. 11-16).
+    """GAE(gamma, lambda) advantages and value targets (Schulman et al. 2016, eq. 16).
 
         delta_t = r_t + gamma V(s_{t+1}) - V(s_t)
         A_t     = sum_l (gamma lambda)^l delta_{t+l} = delta_t + gamma lambda A_{t+1}
@@ -403,7 +402,7 @@ class FixedKLController(_KLCoefficient):
 
 
 class AdaptiveKLController(_KLCoefficient):
-    """Adaptive KL coefficient of Ziegler et al. 2019 (section 2.2), as in their code:
+    """Adaptive KL coefficient of Ziegler et al. 2019, as in their code (lm-human-preferences):
 
         e_t       = clip(KL_t / KL_target - 1, -0.2, 0.2)
         beta_t+1  = beta_t (1 + e_t n_steps / horizon)
@@ -470,8 +469,8 @@ def value_loss(
         unclipped:  0.5 E_t[(V(s_t) - R_t)^2]
         clipped:    0.5 E_t[max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)]
 
-    The clipped form is the value clipping of the PPO baselines code (cited in Schulman et al.
-    2017's implementations and Ziegler et al. 2019). values, old_values, returns, mask: (B,T).
+    The clipped form is the value clipping of OpenAI's PPO implementations (baselines ppo2, also
+    used by Ziegler et al. 2019); it is not in the PPO paper. values, old_values, returns, mask: (B,T).
     old_values and returns are constants. Returns a scalar.
     """
     check_same_shape(values=values, old_values=old_values, returns=returns)
