@@ -2,7 +2,8 @@
 
 Pure functions of tensors (torch and math only). Shapes: B batch, T response time steps,
 V vocabulary. Masks are float or bool with 1 on valid (response) positions and 0 on padding;
-the responses are right-padded, so the mask of a row is 1 on a prefix.
+the responses are right-padded, so the mask of a row is 1 on a prefix. In the losses' means a
+fractional mask entry acts as a weight (the tests use this to take exact expectations).
 
 Papers, in the order the functions appear:
 - Schulman (2020), "Approximating KL divergence" (blog): the k1/k2/k3 estimators.
@@ -281,6 +282,19 @@ def aggregate_loss(per_token: Tensor, mask: Tensor, mode: str = "token_mean", ma
 # PPO (Schulman et al. 2017)
 
 
+def _ratio_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor):
+    """The shared prologue of the PPO losses: (w, valid, log rho, A), padding zeroed.
+
+    log rho = log pi - log pi_old with pi_old and A treated as constants; on padding both are
+    set to 0 (rho = 1), so whatever the padding holds never reaches a gradient.
+    """
+    check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages)
+    w, valid = _weights(mask, logp)
+    log_ratio = _zero_invalid(logp - old_logp.detach(), valid)  # (B,T)
+    adv = _zero_invalid(advantages.detach().to(logp.dtype), valid)  # (B,T)
+    return w, valid, log_ratio, adv
+
+
 def ppo_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -305,12 +319,9 @@ def ppo_policy_loss(
         approx_kl  masked mean of k3 = (rho - 1) - log rho, an estimate of KL(pi_old || pi)
         ratio_mean masked mean of rho
     """
-    check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages)
     if not clip_eps > 0:
         raise ValueError(f"clip_eps: expected > 0, got {clip_eps}")
-    w, valid = _weights(mask, logp)
-    log_ratio = _zero_invalid(logp - old_logp.detach(), valid)  # (B,T)
-    adv = _zero_invalid(advantages.detach().to(logp.dtype), valid)  # (B,T)
+    w, _, log_ratio, adv = _ratio_inputs(logp, old_logp, advantages, mask)
     ratio = torch.exp(log_ratio)  # (B,T)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
@@ -347,15 +358,12 @@ def ppo_penalty_loss(
     Pair it with AdaptiveKLPenalty to adapt beta. stats (detached 0-dim tensors): "kl" (the mean
     penalty KL used), "approx_kl" (k3 mean), "ratio_mean".
     """
-    check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages)
     if kl is not None:
         check_same_shape(logp=logp, kl=kl)
     if not beta >= 0:
         raise ValueError(f"beta: expected a KL coefficient >= 0, got {beta}")
-    w, valid = _weights(mask, logp)
-    log_ratio = _zero_invalid(logp - old_logp.detach(), valid)  # (B,T)
-    adv = _zero_invalid(advantages.detach().to(logp.dtype), valid)
-    ratio = torch.exp(log_ratio)
+    w, valid, log_ratio, adv = _ratio_inputs(logp, old_logp, advantages, mask)
+    ratio = torch.exp(log_ratio)  # (B,T)
     k3 = _k3(log_ratio)  # (B,T), KL(pi_old || pi) estimate per token (r = rho)
     kl_tok = k3 if kl is None else _zero_invalid(kl, valid)
     per_token = -adv * ratio + beta * kl_tok
