@@ -203,7 +203,7 @@ def dpo_loss(
         hinge    max(0, 1 - beta h)          SLiC-HF's rank calibration loss (Zhao et al. 2023, delta = 1)
 
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)), the implicit rewards
-    beta log pi(y)/pi_ref(y) (Rafailov et al. 2023, section 5), detached. Average the losses
+    beta log pi(y)/pi_ref(y) (the implicit reward of Rafailov et al. 2023), detached. Average the losses
     yourself (DPO uses the mean). The optimum of the population DPO loss under Bradley-Terry
     labels sigmoid(r_w - r_l) is pi*(y) proportional to pi_ref(y) exp(r(y)/beta).
     """
@@ -239,7 +239,7 @@ def dpo_loss(
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
-    """Expected calibration error of predicted probabilities P(label = 1) (Guo et al. 2017, eq. 3):
+    """Expected calibration error of predicted probabilities P(label = 1) (Guo et al. 2017):
 
         ECE = sum_m |B_m|/n |acc(B_m) - conf(B_m)|
             = 1/n sum_m | sum_{i in B_m} y_i - sum_{i in B_m} p_i |
