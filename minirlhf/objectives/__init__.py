@@ -4,6 +4,7 @@ policy.py       log-probs, entropy, KL estimators, GAE, PPO losses, KL controlle
                 GRPO / RLOO / batch baselines
 preference.py   Bradley-Terry, Davidson ties, Plackett-Luce, DPO / cDPO / IPO / hinge, ECE, Fleiss' kappa
 trust_region.py flat gradients, Hessian-vector products, conjugate gradient, the TRPO step
+lm.py           the next-token (pretraining / SFT) loss
 stats.py        masked sums, means, variances, whitening, explained variance
 """
 
@@ -42,6 +43,7 @@ from .preference import (
     plackett_luce_logprob,
     plackett_luce_loss,
 )
+from .lm import next_token_loss
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, whiten
 from .trust_region import (
     conjugate_gradient,
@@ -54,6 +56,8 @@ from .trust_region import (
 )
 
 __all__ = [
+    # lm
+    "next_token_loss",
     # stats
     "masked_sum", "masked_mean", "masked_var", "whiten", "explained_variance",
     # policy

@@ -1,0 +1,130 @@
+"""The ``minirlhf`` command.
+
+    minirlhf pretrain                       train a GPT from scratch on the task's corpus
+    minirlhf sft --lora.enabled true        supervised fine-tuning (full or LoRA)
+    minirlhf generate --model runs/sft/model --prompt "Q: 7+5=\\nA:"
+    minirlhf <command> --help               every option, with its default
+
+Every option is a field of the command's config dataclass (``--section.field-name value``); a
+TOML file given with ``--config run.toml`` can hold a whole run. Precedence: defaults, then the
+TOML file, then flags.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+
+# command -> (module, config class, function, one-line help); imported only when run.
+COMMANDS = {
+    "pretrain": ("minirlhf.trainers.pretrain", "PretrainConfig", "pretrain", "pretrain a GPT on the task corpus"),
+    "sft": ("minirlhf.trainers.sft", "SFTConfig", "sft", "supervised fine-tuning on demonstrations"),
+    "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
+}
+
+
+@dataclass
+class GenerateConfig:
+    model: str = field(default="runs/sft/model", metadata={"help": "model folder"})
+    prompt: list[str] = field(default_factory=list,
+                              metadata={"help": "prompts (\\n is read as a newline); none: held-out task prompts"})
+    n: int = field(default=8, metadata={"help": "held-out prompts to use when no --prompt is given"})
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = field(default=0, metadata={"help": "0: the task's suggestion"})
+    seed: int = 0
+    device: str = "auto"
+
+
+def generate(cfg: GenerateConfig) -> dict:
+    import torch
+
+    from minirlhf.device import resolve_device
+    from minirlhf.evaluation import generate_responses
+    from minirlhf.saving import load_model
+    from minirlhf.tasks import get_task
+    from minirlhf.trainers.common import parse_task_args
+
+    device = resolve_device(cfg.device)
+    model, tokenizer, template, meta = load_model(cfg.model, kind="gpt", device=device)
+    task = None
+    if meta.get("task"):
+        task = get_task(meta["task"]["name"], **parse_task_args(meta["task"].get("args", [])))
+    template = template or (task.template() if task else None)
+    if tokenizer is None or template is None:
+        raise ValueError(f"{cfg.model}: the folder has no tokenizer or template")
+    prompts = [p.replace("\\n", "\n") for p in cfg.prompt]
+    if not prompts:
+        if task is None:
+            raise ValueError("no --prompt given and the model folder records no task to take prompts from")
+        prompts = task.prompts("test")[: cfg.n]
+    max_new = cfg.max_new_tokens or (task.max_response_tokens if task else 64)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    responses = generate_responses(model.eval(), tokenizer, template, prompts, max_new, cfg.temperature,
+                                   generator=gen, top_k=cfg.top_k, top_p=cfg.top_p)
+    for p, r in zip(prompts, responses):
+        print(f"{p!r} -> {r!r}")
+    out = {"responses": responses}
+    if task is not None and not cfg.prompt:
+        out.update(task.metric(prompts, responses))
+        print(json.dumps({k: v for k, v in out.items() if k != "responses"}))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from minirlhf.config import add_dataclass_args
+
+    parser = argparse.ArgumentParser(prog="minirlhf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (module, cls_name, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--config", default=None, help="TOML file with the run's settings")
+        add_dataclass_args(p, getattr(importlib.import_module(module), cls_name))
+    return parser
+
+
+def main(argv=None) -> int:
+    from minirlhf.config import ConfigError, resolve_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0
+    command = argv[0]
+    module, cls_name, fn_name, help_text = COMMANDS[command]
+    mod = importlib.import_module(module)
+    cls = getattr(mod, cls_name)
+    from minirlhf.config import add_dataclass_args
+
+    parser = argparse.ArgumentParser(prog=f"minirlhf {command}", description=help_text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="TOML file with the run's settings")
+    add_dataclass_args(parser, cls)
+    args, unknown = parser.parse_known_args(argv[1:])
+    for flag in unknown:
+        if flag.startswith("-"):
+            import difflib
+
+            options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            close = difflib.get_close_matches(flag.split("=")[0].replace("_", "-"), options, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            parser.error(f"unknown option {flag}{hint}")
+        parser.error(f"unexpected argument {flag!r}")
+    try:
+        cfg = resolve_config(cls, args, toml_path=args.config)
+    except ConfigError as e:
+        parser.error(str(e))
+    getattr(mod, fn_name)(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Generating responses to prompts in batches, and scoring them with a task's exact metric."""
+from __future__ import annotations
+
+import torch
+
+from minirlhf.data import collate_prompts
+
+
+def response_ids(out: torch.Tensor, prompt_width: int, eos_id: int) -> list[list[int]]:
+    """The generated part of each row of ``generate``'s output, cut after the first EOS (kept)."""
+    rows = []
+    for row in out[:, prompt_width:].tolist():
+        if eos_id in row:
+            row = row[: row.index(eos_id) + 1]
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, template, prompts: list[str], max_new_tokens: int,
+                       temperature: float = 0.0, batch_size: int = 128,
+                       generator: torch.Generator | None = None, top_k: int | None = None,
+                       top_p: float | None = None) -> list[str]:
+    """One response string per prompt (special tokens removed), generated in left-padded batches."""
+    device = next(model.parameters()).device
+    texts = []
+    for i in range(0, len(prompts), batch_size):
+        batch = collate_prompts(tokenizer, template, prompts[i : i + batch_size])
+        ids = batch["input_ids"].to(device)
+        out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+                             attention_mask=batch["attention_mask"].to(device), generator=generator)
+        for row in response_ids(out, ids.size(1), tokenizer.eos_id):
+            texts.append(tokenizer.decode(row))
+    return texts
+
+
+def evaluate_task(model, task, tokenizer, template, split: str = "test", temperatures=(0.0,),
+                  max_prompts: int | None = None, seed: int = 0, batch_size: int = 128,
+                  max_new_tokens: int | None = None) -> dict:
+    """The task metric on ``split`` prompts at each temperature.
+
+    Keys: ``eval/<metric>`` for greedy decoding, ``eval_t<temperature>/<metric>`` otherwise
+    (e.g. ``eval_t1/accuracy``). Sampling uses its own seeded generator so evaluation never
+    moves the training random streams.
+    """
+    prompts = task.prompts(split)
+    if max_prompts is not None:
+        prompts = prompts[:max_prompts]
+    max_new = max_new_tokens or task.max_response_tokens
+    out = {}
+    for t in temperatures:
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        responses = generate_responses(model, tokenizer, template, prompts, max_new, temperature=t,
+                                       batch_size=batch_size, generator=gen)
+        prefix = "eval" if t == 0 else f"eval_t{t:g}"
+        for k, v in task.metric(prompts, responses).items():
+            out[f"{prefix}/{k}"] = v
+    return out
+
+
+def sample_table(prompts: list[str], responses: list[str], references: list[str] | None = None,
+                 n: int = 4) -> str:
+    """A few prompt/response lines for the console."""
+    lines = []
+    for i in range(min(n, len(prompts))):
+        ref = f"   (reference: {references[i]!r})" if references else ""
+        lines.append(f"  {prompts[i]!r} -> {responses[i]!r}{ref}")
+    return "\n".join(lines)
