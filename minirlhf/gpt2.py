@@ -29,6 +29,8 @@ def gpt2_config_to_ours(hf: dict):
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(flag):
             raise ValueError(f"unsupported GPT-2 option {flag}=true")
+    if hf.get("tie_word_embeddings", True) is False:
+        raise ValueError("unsupported GPT-2 option tie_word_embeddings=false: this GPT ties its LM head to wte")
     if hf.get("scale_attn_weights", True) is False:
         raise ValueError("unsupported GPT-2 option scale_attn_weights=false")
     try:

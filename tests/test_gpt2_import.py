@@ -117,3 +117,12 @@ def test_folder_without_weights_or_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(CFG))
     with pytest.raises(FileNotFoundError, match="model.safetensors or pytorch_model.bin"):
         GPT.from_pretrained_gpt2(str(tmp_path))
+
+
+def test_untied_or_unsupported_configs_are_refused(tmp_path):
+    write_folder(tmp_path, gpt2_state_dict(), "bin")
+    for key, value in [("tie_word_embeddings", False), ("activation_function", "relu"),
+                       ("scale_attn_by_inverse_layer_idx", True)]:
+        (tmp_path / "config.json").write_text(json.dumps({**CFG, key: value}))
+        with pytest.raises(ValueError, match=key if key != "activation_function" else "relu"):
+            GPT.from_pretrained_gpt2(str(tmp_path))
