@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from minirlhf.tasks.base import Task, check_generations, check_split, config_from_kwargs
 
 OPS = ("+", "-")
+PRETRAIN_FORMATS = ("plain", "qa")
 # Every character the prompts, responses and pretraining text use, in sorted order.
 ALPHABET = "".join(sorted(set("0123456789+-=:QA \n")))
 
@@ -108,6 +109,15 @@ def parse_answer(response: str) -> int | None:
     return int(m.group(0)) if m else None
 
 
+def fact_line(a: int, op: str, b: int, fmt: str = "plain") -> str:
+    """A correct fact: "27+15=42" (fmt="plain") or "Q: 27+15=\\nA: 42" (fmt="qa")."""
+    if fmt == "plain":
+        return f"{a}{op}{b}={answer(a, op, b)}"
+    if fmt == "qa":
+        return format_prompt(a, op, b) + format_response(answer(a, op, b))
+    raise ValueError(f"pretrain_format: expected one of {PRETRAIN_FORMATS}, got {fmt!r}")
+
+
 # ----------------------------------------------------------------------------------------
 # the task
 # ----------------------------------------------------------------------------------------
@@ -125,6 +135,9 @@ class ArithmeticConfig:
     demos_per_question: demonstrations per question, each drawn independently.
     pretrain_repeats: passes over the training facts in pretrain_text(), each reshuffled.
     pretrain_held_out: also write the held-out questions' facts into the pretraining text.
+    pretrain_format: "plain" writes facts as "27+15=42"; "qa" writes them in the prompt
+        format, "Q: 27+15=\nA: 42", so the base model already knows the question layout
+        (about 2.2x the characters).
     seed: seeds the split, the demonstrations and the order of the pretraining text.
     """
 
@@ -136,6 +149,7 @@ class ArithmeticConfig:
     demos_per_question: int = 2
     pretrain_repeats: int = 1
     pretrain_held_out: bool = False
+    pretrain_format: str = "plain"
     seed: int = 0
 
     def __post_init__(self):
@@ -155,6 +169,9 @@ class ArithmeticConfig:
                              f"got {self.demos_per_question!r}")
         if not isinstance(self.pretrain_repeats, int) or self.pretrain_repeats < 1:
             raise ValueError(f"pretrain_repeats: expected an integer >= 1, got {self.pretrain_repeats!r}")
+        if self.pretrain_format not in PRETRAIN_FORMATS:
+            raise ValueError(f"pretrain_format: expected one of {PRETRAIN_FORMATS}, "
+                             f"got {self.pretrain_format!r}")
 
 
 Question = tuple[int, str, int]  # (a, op, b)
@@ -211,7 +228,8 @@ class ArithmeticTask(Task):
         return CharTokenizer(ALPHABET)
 
     def pretrain_text(self) -> str:
-        """Correct facts, one per line ("27+15=42\\n"), of the training questions.
+        """Correct facts of the training questions, one per line: "27+15=42\\n" (or, with
+        pretrain_format="qa", "Q: 27+15=\\nA: 42\\n").
 
         `pretrain_repeats` passes, each in a fresh seeded order; with pretrain_held_out the
         held-out facts are included too.
@@ -223,7 +241,7 @@ class ArithmeticTask(Task):
         lines = []
         for _ in range(self.config.pretrain_repeats):
             rng.shuffle(facts)
-            lines += [f"{a}{op}{b}={answer(a, op, b)}" for a, op, b in facts]
+            lines += [fact_line(a, op, b, self.config.pretrain_format) for a, op, b in facts]
         return "\n".join(lines) + "\n"
 
     def demonstration(self, a: int, op: str, b: int, rng: random.Random) -> str:

@@ -226,6 +226,22 @@ def test_pretrain_text_holds_only_correct_training_facts(task):
     assert len(with_held) == len(task.all_questions())
 
 
+def test_qa_pretrain_format_writes_gold_prompt_response_pairs(task):
+    text = ArithmeticTask(pretrain_format="qa").pretrain_text()
+    assert set(text) <= set(ALPHABET)
+    lines = text.splitlines()
+    assert len(lines) == 2 * len(task.questions("train"))
+    seen = set()
+    for q_line, a_line in zip(lines[::2], lines[1::2]):
+        prompt = q_line + "\n" + a_line[:2]          # "Q: 27+15=" + "\n" + "A:"
+        a, op, b = parse_prompt(prompt)
+        assert a_line[2:] == " %d" % (a + b if op == "+" else a - b)
+        seen.add((a, op, b))
+    assert seen == set(task.questions("train"))
+    with pytest.raises(ValueError, match="pretrain_format"):
+        ArithmeticConfig(pretrain_format="csv")
+
+
 def test_prompts_and_responses_use_the_alphabet(task):
     rows = task.sft_rows("train")[:500]
     assert all(set(r["prompt"] + r["response"]) <= set(ALPHABET) for r in rows)
