@@ -114,6 +114,8 @@ def load_model(folder, kind: str | None = None, device="cpu"):
         tensors = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
     elif stored == "gpt" and want != "gpt":  # a new head on a language model's body
         tensors = {f"backbone.{k}": v for k, v in tensors.items()}
+    elif stored == "reward" and want == "value":  # a critic initialised from the reward model
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("reward_")}
     elif stored != want:
         raise ValueError(f"{folder} holds a {stored} model, not a {want} model")
     backbone = GPT(gpt_config)

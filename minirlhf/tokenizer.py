@@ -491,3 +491,28 @@ def get_template(name):
     if name not in _TEMPLATES:
         raise ValueError(f"get_template: expected one of {sorted(_TEMPLATES)}, got {name!r}")
     return _TEMPLATES[name]()
+
+
+def check_same_tokenizer(a, b, name_a: str = "policy", name_b: str = "reward model") -> None:
+    """Raise ValueError unless two tokenizers map text to the same ids (same type, size, specials
+    and vocabulary): a reward model scores token ids, so it must read the policy's ids as the
+    policy means them."""
+    problems = []
+    if type(a) is not type(b):
+        problems.append(f"types {type(a).__name__} vs {type(b).__name__}")
+    if a.vocab_size != b.vocab_size:
+        problems.append(f"vocab_size {a.vocab_size} vs {b.vocab_size}")
+    for role in ("pad_id", "bos_id", "eos_id"):
+        if getattr(a, role) != getattr(b, role):
+            problems.append(f"{role} {getattr(a, role)} vs {getattr(b, role)}")
+    if not problems:
+        probe = "".join(chr(c) for c in range(32, 127)) + " 0123456789 Q: A: User: Assistant:"
+        try:
+            same = a.encode(probe) == b.encode(probe)
+        except ValueError:  # a character tokenizer without some probe characters
+            same = getattr(a, "to_dict", lambda: None)() == getattr(b, "to_dict", lambda: None)()
+        if not same:
+            problems.append("different ids for the same text")
+    if problems:
+        raise ValueError(f"the {name_a}'s and the {name_b}'s tokenizers differ ({'; '.join(problems)}); "
+                         f"they must be the same tokenizer")

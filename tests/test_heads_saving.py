@@ -67,8 +67,11 @@ def test_reward_folder_round_trip_and_kind_conversion(tmp_path):
     assert torch.allclose(back.score(x), rm.score(x)) and back.reward_std.item() == 2.0
     body, _, _, _ = load_model(tmp_path / "rm", kind="gpt")
     assert torch.allclose(body(x), rm.backbone(x))
-    with pytest.raises(ValueError, match="reward model, not a value"):
-        load_model(tmp_path / "rm", kind="value")
+    critic, _, _, _ = load_model(tmp_path / "rm", kind="value")  # critic initialised from the reward model
+    assert torch.allclose(critic(x)[:, -1], rm.score(x))
+    save_model(tmp_path / "v", critic)
+    with pytest.raises(ValueError, match="value model, not a reward"):
+        load_model(tmp_path / "v", kind="reward")
     # A language model's folder loads as a reward model with a fresh head.
     save_model(tmp_path / "lm", tiny(seed=3))
     fresh, _, _, _ = load_model(tmp_path / "lm", kind="reward")

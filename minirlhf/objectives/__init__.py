@@ -44,6 +44,7 @@ from .preference import (
     plackett_luce_loss,
 )
 from .lm import next_token_loss
+from .rlhf import kl_penalized_rewards, last_valid_index
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, whiten
 from .trust_region import (
     conjugate_gradient,
@@ -57,7 +58,7 @@ from .trust_region import (
 
 __all__ = [
     # lm
-    "next_token_loss",
+    "next_token_loss", "kl_penalized_rewards", "last_valid_index",
     # stats
     "masked_sum", "masked_mean", "masked_var", "whiten", "explained_variance",
     # policy

@@ -1,0 +1,142 @@
+"""Rollouts: sample responses from the policy and record everything the update needs.
+
+One batch row is one episode. The tensors are laid out as
+
+    input_ids  = [ left-padded prompt (P columns) | response, right-padded (R columns) ]
+
+so the prompt's last token always sits in column P-1 and response token t in column P+t. Every
+per-token tensor of the record is (B, R), aligned with the response tokens:
+
+    logprobs[b, t]      log pi_old(y_t | x, y_<t) under the sampling temperature
+    ref_logprobs[b, t]  log pi_ref(y_t | x, y_<t) under the same temperature
+    values[b, t]        V(x, y_<t), the critic's value of the state before y_t
+    mask[b, t]          1 on response tokens, the EOS included; 0 after EOS
+
+The old log-probs are recomputed by a teacher-forced forward pass over the sampled tokens with the
+logits divided by the temperature the sampler used: the ratio pi_theta / pi_old of the PPO update
+must compare the same distributions, or every ratio is biased.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from minirlhf.data import collate_prompts
+from minirlhf.logprobs import token_logprobs
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    responses: list[str]
+    input_ids: torch.Tensor  # (B, P+R)
+    attention_mask: torch.Tensor  # (B, P+R)
+    prompt_width: int  # P
+    mask: torch.Tensor  # (B, R) float, 1 on response tokens (EOS included)
+    ended: torch.Tensor  # (B,) bool, the response emitted EOS
+    logprobs: torch.Tensor | None = None  # (B, R)
+    ref_logprobs: torch.Tensor | None = None  # (B, R)
+    values: torch.Tensor | None = None  # (B, R)
+    scores: torch.Tensor | None = None  # (B,) the reward model's / verifier's score
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.size(0)
+
+    def select(self, idx: torch.Tensor | list[int]) -> "Rollout":
+        """The sub-batch of rows ``idx`` (a minibatch)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        return Rollout([self.prompts[i] for i in idx.tolist()], [self.responses[i] for i in idx.tolist()],
+                       pick(self.input_ids), pick(self.attention_mask), self.prompt_width, pick(self.mask),
+                       pick(self.ended), pick(self.logprobs), pick(self.ref_logprobs), pick(self.values),
+                       pick(self.scores), {k: pick(v) if isinstance(v, torch.Tensor) else v
+                                           for k, v in self.extra.items()})
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> Rollout:
+    """Generate one response per prompt with the KV cache and lay the batch out as a ``Rollout``.
+
+    The pad token must differ from EOS so that the model learns to stop: after EOS a row holds
+    pad tokens, masked out everywhere.
+    """
+    if tokenizer.pad_id == tokenizer.eos_id:
+        raise ValueError("rollouts need a pad token distinct from EOS (the EOS must be learnable)")
+    if temperature <= 0:
+        raise ValueError(f"rollout temperature must be > 0 (log-probs of greedy decoding are undefined), got {temperature}")
+    device = next(policy.parameters()).device
+    batch = collate_prompts(tokenizer, template, prompts)
+    ids = batch["input_ids"].to(device)
+    prompt_mask = batch["attention_mask"].to(device)
+    P = ids.size(1)
+    was_training = policy.training
+    out = policy.generate(ids, max_new_tokens, temperature=temperature, eos_token_id=tokenizer.eos_id,
+                          pad_token_id=tokenizer.pad_id, attention_mask=prompt_mask, generator=generator)
+    policy.train(was_training)
+    response = out[:, P:]  # (B, R)
+    is_eos = response == tokenizer.eos_id
+    ended = is_eos.any(-1)
+    # 1 up to and including the first EOS (everything when there is none)
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    mask = (~after_eos).to(torch.float32)  # (B, R)
+    R = int(mask.sum(-1).max().item())
+    response, mask = response[:, :R], mask[:, :R]
+    input_ids = torch.cat([ids, response], dim=1)
+    attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
+    texts = [tokenizer.decode(row[: int(n)]) for row, n in zip(response.tolist(), mask.sum(-1).tolist())]
+    return Rollout(list(prompts), texts, input_ids, attention_mask, P, mask, ended)
+
+
+def response_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) for every response token, (B, R); one forward pass. Differentiable."""
+    logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, temperature)  # (B, P+R-1)
+    return logp[:, rollout.prompt_width - 1 :]
+
+
+def response_values(critic, rollout: Rollout) -> torch.Tensor:
+    """V(x, y_<t) for every response token: the value at the position just before y_t, (B, R)."""
+    v = critic(rollout.input_ids, rollout.attention_mask)  # (B, P+R)
+    return v[:, rollout.prompt_width - 1 : -1]
+
+
+class RewardModelScorer:
+    """r_phi(x, y) from a Bradley–Terry reward model, read at the response's last token (EOS).
+
+    ``normalize`` applies the model's saved training statistics, (r - mean) / std; ``clip`` bounds
+    the result to [-clip, clip] (0: no bound).
+    """
+
+    def __init__(self, reward_model, normalize: bool = True, clip: float = 0.0):
+        self.rm = reward_model
+        self.normalize = normalize
+        self.clip = clip
+
+    @torch.no_grad()
+    def __call__(self, rollout: Rollout, task=None) -> torch.Tensor:
+        scores = self.rm.score(rollout.input_ids, rollout.attention_mask).float()
+        if self.normalize:
+            scores = self.rm.normalize(scores)
+        if self.clip > 0:
+            scores = scores.clamp(-self.clip, self.clip)
+        return scores
+
+
+class VerifierScorer:
+    """A task's programmatic reward (e.g. 1 for the right arithmetic answer, else 0)."""
+
+    def __call__(self, rollout: Rollout, task) -> torch.Tensor:
+        device = rollout.input_ids.device
+        return torch.tensor([task.score(p, r) for p, r in zip(rollout.prompts, rollout.responses)],
+                            dtype=torch.float32, device=device)
+
+
+def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """A response that never emitted EOS gets the score ``penalty`` instead of its score (the
+    "missing EOS penalty" of the RLHF-with-PPO implementation details); None leaves scores alone."""
+    if penalty is None:
+        return scores
+    return torch.where(ended, scores, torch.full_like(scores, penalty))

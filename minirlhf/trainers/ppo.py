@@ -1,0 +1,307 @@
+"""PPO for language models: rollouts, a critic, GAE, a KL-penalised reward, and the clipped update.
+
+One iteration (Schulman et al., 2017, Algorithm 1; Ziegler et al., 2019; Ouyang et al., 2022):
+
+    1. sample a response y ~ pi_old(.|x) for a batch of prompts                      (rollout.sample)
+    2. score it: s = r_phi(x, y) (reward model) or a task's verifier; old, reference
+       log-probs and values for every response token                                 (rollout.*)
+    3. per-token rewards r_t = -beta k_t, plus s at the last token                   (kl_penalized_rewards)
+    4. advantages A_t and returns by GAE(gamma, lambda), whitened                    (gae, whiten)
+    5. several epochs of minibatch steps on
+           L = L_clip(theta) + c_v L_V(psi) - c_H H(pi_theta)                        (ppo_policy_loss, value_loss)
+    6. adapt beta toward a KL target                                                 (AdaptiveKLController)
+
+Every implementation detail is a named option with its default below. Variants:
+``policy_loss="penalty"`` is PPO with an adaptive KL(old || new) penalty instead of the clip
+(Schulman et al., 2017, section 4); ``advantage="batch_norm"`` drops the critic and uses one
+sequence reward per response minus the batch mean over the batch std, broadcast to every token
+(REINFORCE with a baseline under the PPO clip).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from minirlhf.evaluation import evaluate_task
+from minirlhf.heads import ScalarHead
+from minirlhf.lora import apply_lora, has_lora, lora_disabled, trainable_summary
+from minirlhf.logger import Timer
+from minirlhf.objectives import (AdaptiveKLController, AdaptiveKLPenalty, FixedKLController, batch_normalized_advantages,
+                                 broadcast_to_tokens, entropy_from_logits, explained_variance, gae, kl_estimate,
+                                 kl_penalized_rewards, logprobs_from_logits, masked_mean, ppo_penalty_loss,
+                                 ppo_policy_loss, value_loss, whiten)
+from minirlhf.rollout import (RewardModelScorer, Rollout, VerifierScorer, apply_missing_eos_penalty, response_logprobs,
+                              response_values, sample)
+from minirlhf.saving import load_model, save_model
+from minirlhf.tokenizer import check_same_tokenizer
+from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
+                                      lr_at, resolve_task)
+
+
+@dataclass
+class KLConfig:
+    coef: float = field(default=0.05, metadata={"help": "initial beta of the KL penalty"})
+    estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={"help": "per-token KL estimate"})
+    where: Literal["reward", "loss"] = field(default="reward",
+                                             metadata={"help": "penalty in the per-token reward, or a loss term"})
+    adaptive: bool = field(default=True, metadata={"help": "Ziegler et al.'s controller toward target"})
+    target: float = field(default=1.0, metadata={"help": "target KL per response (nats, summed over tokens)"})
+    horizon: int = field(default=2000, metadata={"help": "controller horizon (in rollouts)"})
+
+
+@dataclass
+class PPOConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/ppo", log_every=5))
+    policy: str = field(default="runs/sft/model", metadata={"help": "SFT model folder (policy start and reference)"})
+    reward: str = field(default="runs/rm/model", metadata={"help": "reward model folder, or 'verifier' for the task's check"})
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
+    critic: Literal["separate", "shared", "none"] = field(
+        default="separate", metadata={"help": "own GPT backbone, a head on the policy's backbone, or none"})
+    critic_init: Literal["reward", "policy"] = field(
+        default="reward", metadata={"help": "separate critic starts from the reward model or the SFT model"})
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, schedule="constant", grad_clip=1.0,
+                                                                  beta2=0.999))
+    critic_lr: float = 5e-4
+    iterations: int = 60
+    batch_size: int = field(default=64, metadata={"help": "rollouts per iteration"})
+    minibatch_size: int = 16
+    ppo_epochs: int = 4
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (old log-probs use the same)"})
+    max_new_tokens: int = field(default=0, metadata={"help": "0: the task's suggestion"})
+    policy_loss: Literal["clip", "penalty"] = "clip"
+    clip_eps: float = 0.2
+    penalty_beta: float = field(default=1.0, metadata={"help": "PPO-penalty: initial KL(old||new) coefficient"})
+    penalty_target: float = field(default=0.01, metadata={"help": "PPO-penalty: target KL(old||new)"})
+    advantage: Literal["gae", "batch_norm"] = field(
+        default="gae", metadata={"help": "gae with a critic, or the critic-free batch-normalised sequence reward"})
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    value_clip: float = field(default=0.2, metadata={"help": "clip of the value update (0: none)"})
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    target_approx_kl: float = field(default=0.0, metadata={"help": "stop an iteration's epochs past this approx_kl (0: never)"})
+    kl: KLConfig = field(default_factory=KLConfig)
+    reward_normalize: bool = field(default=True, metadata={"help": "(r - mean)/std with the reward model's statistics"})
+    reward_clip: float = field(default=0.0, metadata={"help": "clip scores to [-c, c] (0: no clip)"})
+    missing_eos_penalty: float | None = field(default=-1.0, metadata={"help": "score of a response with no EOS (none: off)"})
+    eval_every: int = 10
+    eval_prompts: int = 300
+
+
+class ActorCritic(nn.Module):
+    """The policy and, by ``mode``, a separate critic, a value head on the policy's backbone, or none."""
+
+    def __init__(self, policy, mode: str, critic=None):
+        super().__init__()
+        self.policy = policy
+        self.mode = mode
+        self.critic = critic if mode == "separate" else None
+        self.value_head = ScalarHead(policy.config.n_embd, init_std=0.0) if mode == "shared" else None
+
+    def forward(self, rollout: Rollout, temperature: float):
+        """Response logits / temperature (B,R,V) and values (B,R) (None without a critic)."""
+        P = rollout.prompt_width
+        h = self.policy.hidden_states(rollout.input_ids, rollout.attention_mask)  # (B,P+R,C)
+        logits = self.policy.lm_head(h[:, P - 1 : -1]) / temperature  # (B,R,V)
+        if self.mode == "shared":
+            values = self.value_head(h[:, P - 1 : -1])
+        elif self.mode == "separate":
+            values = response_values(self.critic, rollout)
+        else:
+            values = None
+        return logits, values
+
+
+def reference_logprobs(policy, ref_model, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """log pi_ref for the response tokens: the base model under ``lora_disabled`` (no second copy of
+    the weights), or a frozen copy of the starting policy under full fine-tuning."""
+    with torch.no_grad():
+        if ref_model is None:
+            with lora_disabled(policy):
+                return response_logprobs(policy, rollout, temperature)
+        return response_logprobs(ref_model, rollout, temperature)
+
+
+def compute_advantages(cfg: PPOConfig, rewards, values, mask):
+    """GAE advantages (whitened) and returns; or, without a critic, the batch-normalised sequence
+    reward broadcast to every token (returns are then None)."""
+    if cfg.advantage == "batch_norm":
+        seq = (rewards * mask).sum(-1)  # (B,)
+        return broadcast_to_tokens(batch_normalized_advantages(seq), mask), None
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask) * mask
+    return advantages, returns
+
+
+def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, advantages, returns, ref_logprobs,
+               kl_coef: float, penalty: AdaptiveKLPenalty | None, generator, run: TrainingRun, iteration: int) -> dict:
+    """``ppo_epochs`` passes over the rollout in shuffled minibatches. Returns the mean statistics."""
+    B = rollout.batch_size
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    stats = {k: [] for k in ("loss/policy", "loss/value", "entropy", "clipfrac", "approx_kl", "grad_norm")}
+    stop = False
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, cfg.minibatch_size):
+            idx = order[start : start + cfg.minibatch_size]
+            mb = rollout.select(idx)
+            m = mb.mask
+            logits, values = ac(mb, cfg.temperature)
+            logp = logprobs_from_logits(logits, mb.input_ids[:, mb.prompt_width:])  # (b,R); logits already / T
+            if cfg.policy_loss == "clip":
+                pg_loss, s = ppo_policy_loss(logp, mb.logprobs, advantages[idx], m, cfg.clip_eps)
+            else:
+                pg_loss, s = ppo_penalty_loss(logp, mb.logprobs, advantages[idx], m, penalty.value)
+            entropy = masked_mean(entropy_from_logits(logits), m)
+            loss = pg_loss - cfg.ent_coef * entropy
+            if values is not None and returns is not None:
+                v_loss = value_loss(values, mb.values, returns[idx], m, cfg.value_clip or None)
+                loss = loss + cfg.vf_coef * v_loss
+                stats["loss/value"].append(float(v_loss.detach()))
+            if cfg.kl.where == "loss":
+                loss = loss + kl_coef * masked_mean(kl_estimate(logp, ref_logprobs[idx], cfg.kl.estimator), m)
+            run.check_finite(iteration, loss=loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
+            run.check_finite(iteration, grad_norm=grad_norm)
+            optimizer.step()
+            stats["loss/policy"].append(float(pg_loss.detach()))
+            stats["entropy"].append(float(entropy.detach()))
+            stats["clipfrac"].append(float(s.get("clipfrac", 0.0)))
+            stats["approx_kl"].append(float(s["approx_kl"]))
+            stats["grad_norm"].append(float(grad_norm))
+            if cfg.target_approx_kl > 0 and float(s["approx_kl"]) > cfg.target_approx_kl:
+                stop = True
+                break
+        if stop:
+            break
+    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    out["ppo_epochs_done"] = epoch + 1
+    if penalty is not None:
+        penalty.update(out["approx_kl"])
+        out["penalty_beta"] = penalty.value
+    return out
+
+
+def build_scorer(cfg: PPOConfig, tokenizer, device):
+    if cfg.reward == "verifier":
+        return VerifierScorer(), None
+    rm, rm_tok, _, _ = load_model(cfg.reward, kind="reward", device=device)
+    if rm_tok is not None:
+        check_same_tokenizer(tokenizer, rm_tok, "policy", "reward model")
+    rm.eval().requires_grad_(False)
+    return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip), rm
+
+
+def ppo(cfg: PPOConfig) -> dict:
+    """Fine-tune ``cfg.policy`` with PPO against ``cfg.reward``; writes ``<out>/model``."""
+    policy, tokenizer, template, meta = load_model(cfg.policy, kind="gpt")
+    task, task_record = resolve_task(cfg.task, meta)
+    template = template or task.template()
+    run = TrainingRun(cfg.run, cfg, name="ppo", total_steps=cfg.iterations)
+    device = run.device
+    policy.to(device)
+    ref_model = None
+    if cfg.lora.enabled:
+        apply_lora(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+    else:
+        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    scorer, rm = build_scorer(cfg, tokenizer, device)
+    critic_mode = "none" if cfg.advantage == "batch_norm" else cfg.critic
+    critic = None
+    if critic_mode == "separate":
+        init = cfg.reward if (cfg.critic_init == "reward" and rm is not None) else cfg.policy
+        critic, _, _, _ = load_model(init, kind="value", device=device)
+    ac = ActorCritic(policy, critic_mode, critic).to(device)
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
+    critic_params = [p for m in (ac.critic, ac.value_head) if m is not None for p in m.parameters()]
+    if critic_params:
+        groups.append({"params": critic_params, "lr": cfg.critic_lr})
+    optimizer = torch.optim.AdamW(groups, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
+              else FixedKLController(cfg.kl.coef))
+    penalty = AdaptiveKLPenalty(cfg.penalty_beta, cfg.penalty_target) if cfg.policy_loss == "penalty" else None
+    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
+    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)
+    for name, obj in (("actor_critic", ac), ("optimizer", optimizer), ("kl_controller", kl_ctl)):
+        run.track(name, obj)
+    if penalty is not None:
+        run.track("penalty", penalty)
+    run.track_generator("sampling", gen)
+    run.track_generator("shuffle", shuffle_gen)
+    start, _ = run.restore()
+
+    train_prompts = task.prompts("train")
+    max_new = cfg.max_new_tokens or task.max_response_tokens
+    print(f"[ppo] {task.name}: policy {trainable_summary(policy)}; critic {critic_mode}; reward "
+          f"{'verifier' if rm is None else cfg.reward}; {cfg.iterations} iterations x {cfg.batch_size} rollouts")
+    ac.eval()  # dropout off during rollouts and updates
+    timer = Timer()
+    t0 = time.perf_counter()
+    last_eval = {}
+    if start == 0:
+        last_eval = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), cfg.eval_prompts, cfg.run.seed)
+        run.log(0, dict(last_eval))
+    for it in range(start + 1, cfg.iterations + 1):
+        timer.reset()
+        optimizer.param_groups[0]["lr"] = lr_at(it, cfg.iterations, cfg.optim)  # the policy's group
+        idx = torch.randint(0, len(train_prompts), (cfg.batch_size,), generator=shuffle_gen).tolist()
+        with timer("generation"):
+            rollout = sample(policy, tokenizer, template, [train_prompts[i] for i in idx], max_new,
+                             cfg.temperature, gen)
+        with timer("scoring"), torch.no_grad():
+            logits, values = ac(rollout, cfg.temperature)
+            rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
+            rollout.values = values
+            rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
+            raw = scorer(rollout, task)
+            rollout.scores = apply_missing_eos_penalty(raw, rollout.ended, cfg.missing_eos_penalty)
+            beta = kl_ctl.value
+            rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
+                                               beta if cfg.kl.where == "reward" else 0.0, cfg.kl.estimator)
+            if cfg.kl.where == "loss":
+                kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * rollout.mask
+            advantages, returns = compute_advantages(cfg, rewards, values, rollout.mask)
+        with timer("update"):
+            stats = ppo_update(cfg, ac, optimizer, rollout, advantages, returns, rollout.ref_logprobs, beta,
+                               penalty, shuffle_gen, run, it)
+        seq_kl = kl.sum(-1)  # (B,) the same quantity the penalty used, per response
+        kl_ctl.update(float(seq_kl.mean()), cfg.batch_size)
+        task_scores = [task.score(p, r) for p, r in zip(rollout.prompts, rollout.responses)]
+        metrics = {
+            "reward/score": float(raw.mean()),
+            "reward/total": float(rewards.sum(-1).mean()),
+            "reward/kl_penalty": float(-(beta if cfg.kl.where == "reward" else 0.0) * seq_kl.mean()),
+            "kl": float(seq_kl.mean()),
+            "kl_coef": beta,
+            "response_length": float(rollout.mask.sum(-1).mean()),
+            "eos_share": float(rollout.ended.float().mean()),
+            f"train/{task.metric_name}": sum(task_scores) / len(task_scores),
+            **stats,
+            **timer.as_metrics(),
+        }
+        if values is not None and returns is not None:
+            metrics["explained_variance"] = float(explained_variance(values, returns, rollout.mask))
+        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            last_eval = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), cfg.eval_prompts,
+                                      cfg.run.seed)
+            metrics.update(last_eval)
+        run.log(it, metrics)
+        run.maybe_save(it, cfg.iterations)
+    run.close()
+    elapsed = time.perf_counter() - t0
+    save_model(run.model_dir(), policy, tokenizer, template, meta={"task": task_record, "stage": "ppo"})
+    final = {**last_eval, "time": elapsed, "model": str(run.model_dir())}
+    key = f"eval/{task.metric_name}"
+    print(f"[ppo] done in {elapsed:.0f}s: {key} {final.get(key, float('nan')):.3f}; model in {run.model_dir()}")
+    return final
