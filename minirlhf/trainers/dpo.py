@@ -1,0 +1,503 @@
+"""Direct Preference Optimization (Rafailov et al., 2023): the policy learns from preference
+pairs with a classification loss; no reward model, no sampling inside the loss.
+
+    L_DPO(pi_theta; pi_ref) = -E_(x, y_w, y_l)~D [ log sigma( beta log pi_theta(y_w|x) / pi_ref(y_w|x)
+                                                           - beta log pi_theta(y_l|x) / pi_ref(y_l|x) ) ]
+                                                                          (Rafailov et al., 2023, eq. 7)
+
+log pi(y|x) is summed over the response tokens (minirlhf.logprobs.sequence_logprobs). The loss
+and its variants -- conservative DPO (label_smoothing, Mitchell, 2023), IPO (Azar et al., 2023),
+the SLiC hinge (Zhao et al., 2023) -- are minirlhf.objectives.dpo_loss; this file only feeds it.
+
+The reference policy pi_ref is the model we start from, and it never changes, so its
+log-probs are computed ONCE per pair, before training, and cached (``PairPool``):
+
+- with LoRA (the default) pi_ref is the same model inside ``lora_disabled(model)``: no second
+  copy of the weights;
+- with full fine-tuning pi_ref is the initial weights, scored before the first update. Online
+  mode with full fine-tuning keeps one frozen copy, since fresh pairs arrive after updates.
+
+Chosen and rejected go through the policy in ONE concatenated forward pass
+(``data.collate_preferences``: the B chosen rows, then the B rejected rows).
+
+Soft labels. A preference row's ``prob`` = P(chosen is preferred). Treating it as the
+Bradley-Terry soft label, the cross-entropy -p log sigma(beta h) - (1 - p) log sigma(-beta h) is
+exactly conservative DPO with a per-pair flip probability eps = 1 - p: that is what
+``dpo.soft_labels`` does (a tie, prob 0.5, pulls the two implicit rewards together; rows with
+prob 1 are plain DPO). ``strength`` is not used.
+
+Online (iterative) DPO, ``rounds`` > 0: each round samples ``samples_per_prompt`` responses per
+train prompt from the CURRENT policy, judges every pair with the task's programmatic judge
+(minirlhf.judges; the gold check for arithmetic), and trains ``steps_per_round`` steps on the
+fresh pairs; the reference stays the starting model (Xu et al., 2023, "Some things are more
+CRINGE than others: preference optimization with the pairwise cringe loss"; Guo et al., 2024,
+"Direct language model alignment from online AI feedback"). Each round's pairs are written to
+``<out>/rounds/round_NNN.jsonl``, which is also how a run resumed in the middle of a round finds them.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from minirlhf.data import collate_preferences, load_preferences, write_jsonl
+from minirlhf.evaluation import evaluate_task, generate_responses
+from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
+from minirlhf.logger import Timer
+from minirlhf.logprobs import sequence_logprobs
+from minirlhf.lora import apply_lora, has_lora, lora_disabled, trainable_summary
+from minirlhf.objectives import DPO_LOSS_TYPES, dpo_loss
+from minirlhf.saving import load_model, save_model
+from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
+                                      lr_at, make_optimizer, resolve_task, set_lr)
+from minirlhf.trainers.sft import sft_batch
+
+
+@dataclass
+class DPOLossConfig:
+    """The loss: objectives.dpo_loss."""
+
+    beta: float = field(default=0.1, metadata={"help": "beta: strength of the KL tie to the reference (> 0)"})
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al., 2023), hinge (SLiC, Zhao et al., 2023)"})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "conservative DPO: every label flipped with this probability (sigmoid only)"})
+    soft_labels: bool = field(
+        default=True, metadata={"help": "use each row's prob as a soft label: conservative DPO with eps = 1 - prob"})
+
+
+@dataclass
+class DPOConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/dpo"))
+    init: str = field(default="runs/sft/model", metadata={"help": "model folder to start from (also pi_ref)"})
+    data: str = field(default="runs/prefs/train.jsonl",
+                      metadata={"help": "preference JSONL for offline DPO (unused when rounds > 0)"})
+    eval_data: str = field(default="", metadata={
+        "help": "held-out preference JSONL ('' = test.jsonl beside --data when it exists, 'none' = no held-out pairs)"})
+    max_pairs: int = field(default=0, metadata={"help": "use at most this many training pairs (0: all)"})
+    dpo: DPOLossConfig = field(default_factory=DPOLossConfig)
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=10))
+    epochs: float = 2.0
+    steps: int = field(default=0, metadata={"help": "offline optimizer steps (0: from epochs)"})
+    batch_size: int = field(default=32, metadata={"help": "pairs per optimizer step"})
+    max_len: int = field(default=0, metadata={"help": "longest sequence (0: the model's block_size)"})
+    truncation: Literal["error", "left"] = "error"
+    # online (iterative) DPO
+    rounds: int = field(default=0, metadata={"help": "online DPO rounds (0: offline DPO on --data)"})
+    steps_per_round: int = field(default=20, metadata={"help": "optimizer steps on each round's pairs"})
+    prompts_per_round: int = field(default=256, metadata={"help": "train prompts sampled each round"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "K responses per prompt: K(K-1)/2 comparisons"})
+    sample_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rounds"})
+    judge: Literal["auto", "gold", "heuristic"] = field(
+        default="auto", metadata={"help": "auto: gold where the task has references, else heuristic"})
+    tie_policy: Literal["drop", "half"] = field(default="drop", metadata={"help": "ties: dropped or kept as prob 0.5"})
+    # evaluation
+    eval_every: int = 50
+    eval_prompts: int = field(default=300, metadata={"help": "held-out prompts evaluated"})
+    eval_at_start: bool = field(default=True, metadata={"help": "evaluate the starting model (logged as step 0)"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs of the policy and of the reference
+# ---------------------------------------------------------------------------------------------
+
+
+def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
+    ``collate_preferences`` batch (chosen rows first)."""
+    ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
+    logps = sequence_logprobs(model, ids, mask, lmask)  # (2B,)
+    B = ids.size(0) // 2
+    return logps[:B], logps[B:]
+
+
+@contextlib.contextmanager
+def reference_policy(model, ref_model=None):
+    """pi_ref: ``ref_model`` when one is kept, else ``model`` with its adapters off (LoRA), else
+    ``model`` itself (full fine-tuning, valid only before the first update)."""
+    ref = ref_model if ref_model is not None else model
+    was_training = ref.training
+    ref.eval()
+    try:
+        if ref_model is None and has_lora(model):
+            with lora_disabled(model):
+                yield model
+        else:
+            yield ref
+    finally:
+        ref.train(was_training)
+
+
+@torch.no_grad()
+def reference_logps(model, rows: list[dict], tokenizer, template, max_len: int, truncation: str = "error",
+                    batch_size: int = 64, device="cpu", ref_model=None,
+                    autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi_ref(y_w|x) and log pi_ref(y_l|x) for every pair, (N,) each, in float32 on the CPU.
+    Called once per set of pairs; the trainer never calls it twice for the same pair."""
+    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
+    with reference_policy(model, ref_model) as ref:
+        for i in range(0, len(rows), batch_size):
+            batch = collate_preferences(tokenizer, template, rows[i : i + batch_size], max_len, truncation)
+            with autocast():
+                c, r = concatenated_logps(ref, batch, device)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)  # (N,), (N,)
+
+
+@dataclass
+class PairPool:
+    """Preference rows with their cached reference log-probs (row i <-> ref_chosen[i], ref_rejected[i])."""
+
+    rows: list[dict]
+    ref_chosen: torch.Tensor  # (N,)
+    ref_rejected: torch.Tensor  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, step: int, batch_size: int, seed: int, order=None):
+        """The pairs of step ``step`` (1-based) of a seeded epoch walk (sft.sft_batch), a function of
+        (seed, step): returns (rows, ref_chosen (B,), ref_rejected (B,), order)."""
+        idx, order = sft_batch(range(len(self.rows)), order, step, batch_size, seed)
+        index = torch.tensor(idx, dtype=torch.long)
+        return [self.rows[i] for i in idx], self.ref_chosen[index], self.ref_rejected[index], order
+
+
+def build_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, ref_model=None,
+               autocast=contextlib.nullcontext) -> PairPool:
+    max_len = cfg.max_len or model.config.block_size
+    ref_c, ref_r = reference_logps(model, rows, tokenizer, template, max_len, cfg.truncation, cfg.batch_size,
+                                   device, ref_model, autocast)
+    return PairPool(rows, ref_c, ref_r)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss of a batch and one optimizer step
+# ---------------------------------------------------------------------------------------------
+
+
+def check_labels(rows: list[dict], cfg: DPOLossConfig, where: str) -> None:
+    """Soft labels (prob < 1) need the sigmoid loss, and do not mix with a global label_smoothing."""
+    soft = [i for i, r in enumerate(rows) if float(r.get("prob", 1.0)) < 1.0]
+    if not (cfg.soft_labels and soft):
+        return
+    first = soft[0]
+    if cfg.loss_type != "sigmoid":
+        raise ValueError(f"{where}: row {first} has prob {rows[first]['prob']} < 1 and dpo.soft_labels is on, "
+                         f"but dpo.loss_type={cfg.loss_type!r} takes no soft labels; use dpo.loss_type=sigmoid "
+                         f"or --dpo.soft-labels false (prob is then ignored)")
+    if cfg.label_smoothing > 0:
+        raise ValueError(f"{where}: row {first} has prob {rows[first]['prob']} < 1 and dpo.label_smoothing="
+                         f"{cfg.label_smoothing} is set: choose one source of label noise (--dpo.soft-labels false, "
+                         f"or --dpo.label-smoothing 0)")
+
+
+def pair_label_smoothing(batch: dict, cfg: DPOLossConfig):
+    """The eps of conservative DPO for each pair: 1 - prob with soft labels (the probability that
+    the label is flipped), else the global label_smoothing."""
+    if cfg.soft_labels and bool((batch["prob"] < 1).any()):
+        return 1.0 - batch["prob"]  # (B,)
+    return cfg.label_smoothing
+
+
+def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossConfig, device):
+    """Per-pair DPO losses of one ``collate_preferences`` batch: (losses (B,), chosen_rewards (B,),
+    rejected_rewards (B,), policy_chosen_logps (B,), policy_rejected_logps (B,))."""
+    policy_c, policy_r = concatenated_logps(model, batch, device)  # (B,), (B,)
+    eps = pair_label_smoothing(batch, cfg)
+    if isinstance(eps, torch.Tensor):
+        eps = eps.to(device=device, dtype=policy_c.dtype)
+    losses, reward_c, reward_r = dpo_loss(policy_c, policy_r, ref_chosen.to(device, policy_c.dtype),
+                                          ref_rejected.to(device, policy_c.dtype), cfg.beta, cfg.loss_type, eps)
+    return losses, reward_c, reward_r, policy_c, policy_r
+
+
+def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOConfig, tokenizer, template,
+             lr: float, device="cpu", autocast=contextlib.nullcontext, check_finite=None,
+             timer: Timer | None = None) -> dict:
+    """One optimizer step on a list of preference rows with their cached reference log-probs.
+
+    Collation, one concatenated forward pass per micro-batch, backward, gradient clipping,
+    AdamW; returns the step's metrics. ``timer`` (optional) records the phases "forward",
+    "backward" and "optimizer"; everything else is bookkeeping. ``check_finite(**values)``
+    stops on a NaN/Inf loss or gradient norm before the optimizer moves.
+    """
+    timer = timer or Timer()
+    max_len = cfg.max_len or model.config.block_size
+    set_lr(optimizer, lr)
+    accum = max(1, cfg.optim.grad_accum)
+    n = len(rows)
+    parts = [list(range(n))[i::accum] for i in range(accum) if i < n]
+    sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
+            "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0}
+    for part in parts:
+        batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
+        index = torch.tensor(part, dtype=torch.long)
+        with timer("forward"):
+            with autocast():
+                losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
+                                                          cfg.dpo, device)
+                loss = losses.sum() / n  # the mean over all n pairs of the step
+        if check_finite is not None:
+            check_finite(loss=loss)
+        with timer("backward"):
+            loss.backward()
+        sums["loss"] += loss.item()
+        sums["rewards/chosen"] += rc.sum().item() / n
+        sums["rewards/rejected"] += rr.sum().item() / n
+        sums["rewards/accuracies"] += (rc > rr).float().sum().item() / n
+        sums["rewards/margins"] += (rc - rr).sum().item() / n
+        sums["logps/chosen"] += pc.detach().sum().item() / n
+        sums["logps/rejected"] += pr.detach().sum().item() / n
+    with timer("optimizer"):
+        grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
+        if check_finite is not None:
+            check_finite(grad_norm=grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {**sums, "lr": lr, "grad_norm": float(grad_norm)}
+
+
+@torch.no_grad()
+def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, device,
+                 autocast=contextlib.nullcontext, prefix: str = "eval/") -> dict:
+    """DPO loss and implicit-reward statistics of the policy on held-out pairs."""
+    was_training = model.training
+    model.eval()
+    max_len = cfg.max_len or model.config.block_size
+    totals = {"loss": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0, "rewards/chosen": 0.0,
+              "rewards/rejected": 0.0}
+    for i in range(0, len(pool), cfg.batch_size):
+        rows = pool.rows[i : i + cfg.batch_size]
+        batch = collate_preferences(tokenizer, template, rows, max_len, cfg.truncation)
+        with autocast():
+            losses, rc, rr, _, _ = dpo_batch_losses(model, batch, pool.ref_chosen[i : i + len(rows)],
+                                                    pool.ref_rejected[i : i + len(rows)], cfg.dpo, device)
+        totals["loss"] += losses.sum().item()
+        totals["rewards/accuracies"] += (rc > rr).float().sum().item()
+        totals["rewards/margins"] += (rc - rr).sum().item()
+        totals["rewards/chosen"] += rc.sum().item()
+        totals["rewards/rejected"] += rr.sum().item()
+    model.train(was_training)
+    return {prefix + k: v / len(pool) for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Online rounds: sample from the current policy, judge, pair up
+# ---------------------------------------------------------------------------------------------
+
+
+def task_judge(task, name: str = "auto"):
+    """The task's programmatic judge: "gold" compares task.score as a gold check, "heuristic" as a
+    graded score; "auto" takes gold where the task has reference answers."""
+    if name == "auto":
+        name = "gold" if task.reference(task.prompts("train")[0]) is not None else "heuristic"
+    if name == "gold":
+        return GoldJudge(task)
+    if name == "heuristic":
+        return HeuristicJudge(task)
+    raise ValueError(f"judge: expected 'auto', 'gold' or 'heuristic', got {name!r}")
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    return seed * 1_000_003 + round_index
+
+
+@torch.no_grad()
+def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_index: int) -> tuple[list, dict]:
+    """Round ``round_index``'s pairs: K samples per prompt from the current policy, every pair judged.
+    The prompts and the samples are drawn from generators seeded by (seed, round)."""
+    g = torch.Generator().manual_seed(round_seed(cfg.run.seed, round_index))
+    train_prompts = task.prompts("train")
+    n = min(cfg.prompts_per_round, len(train_prompts))
+    prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), generator=g)[:n].tolist()]
+    K = cfg.samples_per_prompt
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(round_seed(cfg.run.seed, round_index))
+    was_training = model.training
+    model.eval()
+    responses = generate_responses(model, tokenizer, template, [p for p in prompts for _ in range(K)],
+                                   task.max_response_tokens, temperature=cfg.sample_temperature, generator=gen)
+    model.train(was_training)
+    rows, counts = [], {"pairs": 0, "skipped": 0, "ties": 0, "rows": 0}
+    scores = []
+    for i, p in enumerate(prompts):
+        group = responses[i * K : (i + 1) * K]
+        scores += [judge.score(p, r) for r in group]
+        new, c = preference_rows(p, group, judge, cfg.tie_policy)
+        rows += new
+        for k in counts:
+            counts[k] += c[k]
+    stats = {"round/pairs": counts["rows"], "round/ties": counts["ties"], "round/skipped": counts["skipped"],
+             "round/score": sum(scores) / len(scores), "round/prompts": n}
+    return rows, stats
+
+
+def round_file(out, round_index: int) -> Path:
+    return Path(out) / "rounds" / f"round_{round_index:03d}.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(cfg: DPOConfig) -> None:
+    if not cfg.dpo.beta > 0:
+        raise ValueError(f"dpo.beta: expected a number > 0, got {cfg.dpo.beta!r}")
+    if cfg.dpo.loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"dpo.loss_type: expected one of {DPO_LOSS_TYPES}, got {cfg.dpo.loss_type!r}")
+    if not 0.0 <= cfg.dpo.label_smoothing < 0.5:
+        raise ValueError(f"dpo.label_smoothing: expected a flip probability in [0, 0.5), "
+                         f"got {cfg.dpo.label_smoothing!r}")
+    if cfg.dpo.label_smoothing > 0 and cfg.dpo.loss_type != "sigmoid":
+        raise ValueError(f"dpo.label_smoothing: only dpo.loss_type=sigmoid (conservative DPO) uses it, "
+                         f"got loss_type {cfg.dpo.loss_type!r}")
+    for name in ("batch_size", "eval_every", "eval_prompts"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {getattr(cfg, name)!r}")
+    if cfg.rounds < 0:
+        raise ValueError(f"rounds: expected an integer >= 0, got {cfg.rounds!r}")
+    if cfg.rounds > 0:
+        if cfg.samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt: online DPO compares pairs, expected >= 2, "
+                             f"got {cfg.samples_per_prompt!r}")
+        for name in ("steps_per_round", "prompts_per_round"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(cfg, name)!r}")
+        if not cfg.sample_temperature > 0:
+            raise ValueError(f"sample_temperature: expected > 0 (a greedy policy gives K identical samples), "
+                             f"got {cfg.sample_temperature!r}")
+    elif not cfg.data or not Path(cfg.data).is_file():
+        raise ValueError(f"data: preference file {cfg.data!r} not found; write one with `minirlhf collect` "
+                         f"(or pass --data FILE), or run online DPO with --rounds N")
+
+
+def eval_data_path(cfg: DPOConfig) -> Path | None:
+    if cfg.eval_data == "none":
+        return None
+    if cfg.eval_data:
+        if not Path(cfg.eval_data).is_file():
+            raise ValueError(f"eval_data: preference file {cfg.eval_data!r} not found")
+        return Path(cfg.eval_data)
+    beside = Path(cfg.data).parent / "test.jsonl" if cfg.data else None
+    return beside if beside is not None and beside.is_file() else None
+
+
+def dpo(cfg: DPOConfig) -> dict:
+    """Train ``cfg.init`` with DPO on preference pairs (offline) or on pairs it samples and a
+    judge compares (``rounds`` > 0); writes ``<out>/model`` (LoRA merged, the adapter beside it)."""
+    check_config(cfg)
+    model, tokenizer, template, meta = load_model(cfg.init, kind="gpt")
+    if tokenizer is None:
+        raise ValueError(f"init: {cfg.init} has no tokenizer.json")
+    task, task_record = resolve_task(cfg.task, meta)
+    template = template or task.template()
+    online = cfg.rounds > 0
+    steps_total = cfg.rounds * cfg.steps_per_round if online else 0
+    run = TrainingRun(cfg.run, cfg, name="dpo", total_steps=None)
+    model.to(run.device)
+    model.train()
+    if cfg.lora.enabled:
+        apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+    # pi_ref. LoRA: the adapters off. Full fine-tuning: the initial weights, scored now, before any update
+    # (and before a resumed run loads its checkpoint); online full fine-tuning keeps one frozen copy.
+    ref_model = None
+    if online and not cfg.lora.enabled:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    pool = None
+    if not online:
+        rows = load_preferences(cfg.data)
+        if cfg.max_pairs:
+            rows = rows[: cfg.max_pairs]
+        check_labels(rows, cfg.dpo, cfg.data)
+        pool = build_pool(model, rows, tokenizer, template, cfg, run.device, autocast=run.autocast)
+        steps_total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pool) / cfg.batch_size))
+    eval_pool = None
+    path = eval_data_path(cfg)
+    if path is not None:
+        eval_rows = load_preferences(path)
+        check_labels(eval_rows, cfg.dpo, str(path))
+        eval_pool = build_pool(model, eval_rows, tokenizer, template, cfg, run.device, ref_model, run.autocast)
+    run.logger.total_steps = steps_total if cfg.run.progress else None
+
+    def evaluate() -> dict:
+        model.eval()
+        out = evaluate_task(model, task, tokenizer, template, "test", temperatures=(0.0, 1.0),
+                            max_prompts=cfg.eval_prompts, seed=cfg.run.seed)
+        model.train()
+        if eval_pool is not None:
+            out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast))
+        return out
+
+    start_eval = evaluate() if cfg.eval_at_start else {}
+    judge = task_judge(task, cfg.judge) if online else None
+    what = (f"online, {cfg.rounds} rounds x {cfg.steps_per_round} steps, K={cfg.samples_per_prompt}" if online
+            else f"{len(pool):,} pairs from {cfg.data}")
+    print(f"[dpo] {task.name}: {what}, {steps_total} steps, beta {cfg.dpo.beta}, {cfg.dpo.loss_type}, "
+          f"{'LoRA' if cfg.lora.enabled else 'full fine-tuning'}: {trainable_summary(model)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg.optim)
+    run.track("model", model)
+    run.track("optimizer", opt)
+    start, _ = run.restore()
+    if start == 0 and start_eval:
+        run.log(0, start_eval)
+
+    check = lambda **values: run.check_finite(step, **values)  # noqa: E731  (the current step)
+    order, last_eval, round_index, round_stats = None, None, 0, {}
+    t0 = time.perf_counter()
+    for step in range(start + 1, steps_total + 1):
+        local_step, seed = step, cfg.run.seed
+        if online:
+            r = (step - 1) // cfg.steps_per_round + 1
+            local_step, seed = step - (r - 1) * cfg.steps_per_round, round_seed(cfg.run.seed, r)
+            if r != round_index:  # a new round (or the round a resumed run stopped in)
+                round_index, order = r, None
+                resumed_mid_round = step == start + 1 and local_step > 1
+                if resumed_mid_round:
+                    rows = load_preferences(round_file(cfg.run.out, r))
+                    round_stats = {}
+                else:
+                    rows, round_stats = sample_round(model, task, judge, tokenizer, template, cfg, r)
+                    round_file(cfg.run.out, r).parent.mkdir(parents=True, exist_ok=True)
+                    write_jsonl(round_file(cfg.run.out, r), rows)
+                    round_stats["round"] = r
+                    print(f"[dpo] round {r}: {round_stats['round/pairs']} pairs from {round_stats['round/prompts']}"
+                          f" prompts, mean sample score {round_stats['round/score']:.3f}")
+                pool = build_pool(model, rows, tokenizer, template, cfg, run.device, ref_model, run.autocast)
+        metrics = dict(round_stats) if online and local_step == 1 else {}
+        if len(pool) == 0:  # a round in which every pair was a tie or identical: nothing to learn
+            metrics["skipped"] = 1
+        else:
+            rows_step, ref_c, ref_r, order = pool.batch(local_step, cfg.batch_size, seed, order)
+            metrics.update(dpo_step(model, opt, params, rows_step, ref_c, ref_r, cfg, tokenizer, template,
+                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check))
+        if step % cfg.eval_every == 0 or step == steps_total:
+            last_eval = evaluate()
+            metrics.update(last_eval)
+        run.log(step, metrics)
+        run.maybe_save(step, steps_total)
+    run.close()
+    elapsed = time.perf_counter() - t0
+    final = dict(last_eval or evaluate())
+    save_model(run.model_dir(), model, tokenizer, template,
+               meta={"task": task_record, "stage": "dpo", "trainable": trainable_summary(model)})
+    final.update({f"start/{k}": v for k, v in start_eval.items()})
+    final.update({"time": elapsed, "model": str(run.model_dir()), "trainable": trainable_summary(model),
+                  "steps": steps_total})
+    metric = f"eval/{task.metric_name}"
+    before = f"{start_eval[metric]:.3f} -> " if metric in start_eval else ""
+    print(f"[dpo] done in {elapsed:.0f}s: {metric} {before}{final.get(metric, float('nan')):.3f}; "
+          f"model in {run.model_dir()}")
+    return final
