@@ -440,7 +440,7 @@ def dpo(cfg: DPOConfig) -> dict:
             out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast))
         return out
 
-    start_eval = evaluate() if cfg.eval_at_start else {}
+    start_eval = evaluate() if cfg.eval_at_start and run.start_step == 0 else {}
     judge = task_judge(task, cfg.judge) if online else None
     what = (f"online, {cfg.rounds} rounds x {cfg.steps_per_round} steps, K={cfg.samples_per_prompt}" if online
             else f"{len(pool):,} pairs from {cfg.data}")
@@ -451,7 +451,7 @@ def dpo(cfg: DPOConfig) -> dict:
     run.track("model", model)
     run.track("optimizer", opt)
     start, _ = run.restore()
-    if start == 0 and start_eval:
+    if start_eval:
         run.log(0, start_eval)
 
     check = lambda **values: run.check_finite(step, **values)  # noqa: E731  (the current step)
@@ -465,7 +465,10 @@ def dpo(cfg: DPOConfig) -> dict:
             if r != round_index:  # a new round (or the round a resumed run stopped in)
                 round_index, order = r, None
                 resumed_mid_round = step == start + 1 and local_step > 1
-                if resumed_mid_round:
+                if resumed_mid_round:  # its pairs came from the policy at the start of the round: read them back
+                    if not round_file(cfg.run.out, r).is_file():
+                        raise FileNotFoundError(f"{round_file(cfg.run.out, r)}: the pairs of round {r}, needed to "
+                                                f"resume at step {step}, are missing")
                     rows = load_preferences(round_file(cfg.run.out, r))
                     round_stats = {}
                 else:
