@@ -142,6 +142,16 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def repeat_interleave(self, repeats: int) -> "KVCache":
+        """A cache of B * repeats rows in which rows b*repeats .. b*repeats + repeats - 1 are
+        copies of row b (what is filled so far, and room for the rest): G samples decoded
+        from one prefill of their prompt."""
+        new = KVCache.__new__(KVCache)
+        new.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]  # (B*G,H,max_len,D)
+        new.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
+        new.length = self.length
+        return new
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -338,6 +348,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        num_samples: int = 1,
     ) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``idx`` (B,T); returns (B, T + max_new_tokens).
 
@@ -345,10 +356,17 @@ class GPT(nn.Module):
         the real tokens. ``temperature=0`` is greedy. A row that emits ``eos_token_id`` stops;
         every later position in it holds ``pad_token_id`` (default: the EOS id). ``use_cache=False``
         recomputes the whole prefix each step (the slow path, kept to test the cache against).
+
+        ``num_samples=G`` draws G continuations of every prompt and returns (B*G, T + max_new_tokens),
+        rows b*G .. b*G + G - 1 for prompt b (GRPO's groups). Each prompt is prefilled ONCE and its
+        key/value cache copied G times, so the prompt's forward pass is not repeated; the result
+        equals ``generate`` on ``idx.repeat_interleave(G, 0)`` with the same generator state.
         """
         self._check_input(idx, attention_mask)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int (samples per prompt), got {num_samples!r}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         B, T = idx.shape
@@ -363,28 +381,33 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         device = idx.device
-        mask = torch.ones(B, total, dtype=torch.long, device=device)
+        G = num_samples
+        N = B * G  # rows of the output: G per prompt, consecutive
+        mask = torch.ones(N, total, dtype=torch.long, device=device)
         if attention_mask is not None:
-            mask[:, :T] = attention_mask.long()
-        out = torch.full((B, total), pad_token_id, dtype=idx.dtype, device=device)
-        out[:, :T] = idx
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        pos_all = positions_from_mask(mask)  # (B,total); generated tokens are all real
+            mask[:, :T] = attention_mask.long().repeat_interleave(G, dim=0)
+        out = torch.full((N, total), pad_token_id, dtype=idx.dtype, device=device)
+        out[:, :T] = idx.repeat_interleave(G, dim=0)
+        finished = torch.zeros(N, dtype=torch.bool, device=device)
+        pos_all = positions_from_mask(mask)  # (N,total); generated tokens are all real
 
         if use_cache and max_new_tokens > 0:
             C, H = self.config.n_embd, self.config.n_head
             dtype = self.wte.weight.dtype
             cache = KVCache(self.config.n_layer, B, H, total, C // H, device, dtype)
             allowed = causal_mask(attention_mask, T, device)
-            logits = self._step(idx, pos_all[:, :T], allowed, cache)
-            key_ok = mask.bool()[:, None, None, :]  # (B,1,1,total)
+            logits = self._step(idx, pos_all[::G, :T], allowed, cache)  # prefill the B prompts once
+            if G > 1:  # every prompt's cache and next-token logits, copied to its G rows
+                cache = cache.repeat_interleave(G)
+                logits = logits.repeat_interleave(G, dim=0)  # (N,V)
+            key_ok = mask.bool()[:, None, None, :]  # (N,1,1,total)
 
         for t in range(T, total):
             if not use_cache:
                 logits = self(out[:, :t], mask[:, :t])[:, -1, :]
             elif t > T:
                 logits = self._step(out[:, t - 1 : t], pos_all[:, t - 1 : t], key_ok[..., :t], cache)
-            nxt = self._sample(logits, temperature, top_k, top_p, generator)  # (B,)
+            nxt = self._sample(logits, temperature, top_k, top_p, generator)  # (N,)
             if eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
                 finished = finished | (nxt == eos_token_id)
