@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 COMMANDS = {
     "pretrain": ("minirlhf.trainers.pretrain", "PretrainConfig", "pretrain", "pretrain a GPT on the task corpus"),
     "sft": ("minirlhf.trainers.sft", "SFTConfig", "sft", "supervised fine-tuning on demonstrations"),
+    "dpo": ("minirlhf.trainers.dpo", "DPOConfig", "dpo", "direct preference optimization (offline, or online rounds)"),
     "collect": ("minirlhf.trainers.collect", "CollectConfig", "collect", "sample K responses per prompt and judge every pair"),
     "rm": ("minirlhf.trainers.reward", "RewardConfig", "train_reward_model", "train a Bradley-Terry reward model"),
     "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
