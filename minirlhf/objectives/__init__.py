@@ -4,6 +4,7 @@ policy.py       log-probs, entropy, KL estimators, GAE, PPO losses, KL controlle
                 GRPO / RLOO / batch baselines
 preference.py   Bradley-Terry, Davidson ties, Plackett-Luce, DPO / cDPO / IPO / hinge, ECE, Fleiss' kappa
 trust_region.py flat gradients, Hessian-vector products, conjugate gradient, the TRPO step
+surrogates.py   TRPO's importance-sampled surrogate, the REINFORCE loss (RLOO)
 lm.py           the next-token (pretraining / SFT) loss
 stats.py        masked sums, means, variances, whitening, explained variance
 """
@@ -46,6 +47,7 @@ from .preference import (
 from .lm import next_token_loss
 from .rlhf import kl_penalized_rewards, last_valid_index
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, whiten
+from .surrogates import reinforce_loss, trpo_surrogate
 from .trust_region import (
     conjugate_gradient,
     flat_grad,
@@ -75,4 +77,6 @@ __all__ = [
     # trust region
     "flat_grad", "flat_params", "set_flat_params", "make_hvp", "hessian_vector_product",
     "conjugate_gradient", "trpo_step",
+    # surrogates
+    "trpo_surrogate", "reinforce_loss",
 ]
