@@ -1,0 +1,130 @@
+"""RLOO trainer on a tiny model: it runs and logs, the advantages it uses are the leave-one-out ones of
+the KL-penalised sequence reward (recomputed here from the parts), one on-policy step lowers the loss
+of its own batch, exact resume."""
+import pytest
+import torch
+
+from minirlhf.config import ConfigError, from_dict
+from minirlhf.logger import read_metrics
+from minirlhf.rollout import response_logprobs
+from minirlhf.saving import load_model
+from minirlhf.trainers.common import LoRAConfig, OptimConfig
+from minirlhf.trainers.pretrain import pretrain
+from minirlhf.trainers.rloo import RLOOConfig, rloo
+from minirlhf.trainers.sft import sft
+import minirlhf.trainers.rloo as rloo_module
+
+from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rloo_base")
+    torch.set_num_threads(1)
+    pretrain(pretrain_cfg(out / "pt", steps=10))
+    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
+    return out / "sft" / "model"
+
+
+def rloo_cfg(policy, out, **kw):
+    base = dict(run=run_cfg(out), policy=str(policy), iterations=3, prompts_per_iteration=4, k=4, eval_every=3,
+                eval_prompts=6)
+    base.update(kw)
+    return RLOOConfig(**base)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(kl_estimator="k3", k=2), dict(lora=LoRAConfig(enabled=False))])
+def test_rloo_runs_and_logs_its_metrics(sft_model, tmp_path, kw):
+    result = rloo(rloo_cfg(sft_model, tmp_path / "rloo", **kw))
+    rows = read_metrics(tmp_path / "rloo" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for key in ("reward/score", "reward/total", "reward/kl_penalty", "kl", "entropy", "loss/policy", "grad_norm",
+                "response_length", "eos_share", "train/accuracy", "group/zero_std_share", "group/reward_std",
+                "time/generation", "time/scoring", "time/update"):
+        assert all(key in r for r in rows[1:]), key
+    assert "eval/accuracy" in rows[3] and "eval/accuracy" in result
+
+
+def test_advantages_are_leave_one_out_on_the_kl_penalised_reward(sft_model, tmp_path, monkeypatch):
+    """A_i = R_i - mean_{j != i} R_j with R_i = score_i - beta * sum_t (log pi - log pi_ref), each part
+    taken from the trainer's batch and combined here (at the second iteration, where pi != pi_ref);
+    the loss uses the sampling policy's log-probs; one optimizer step lowers the batch's own loss."""
+    seen = []
+    original_loss = rloo_module.reinforce_loss
+    original_ref = rloo_module.reference_logprobs
+    original_sample = rloo_module.sample_groups
+
+    def spy_sample(*a, **k):
+        seen.append({"rollout": original_sample(*a, **k)})
+        return seen[-1]["rollout"]
+
+    def spy_ref(*a, **k):
+        seen[-1]["ref"] = original_ref(*a, **k)
+        return seen[-1]["ref"]
+
+    def spy_loss(logp, advantages, mask):
+        seen[-1].update(logp=logp.detach().clone(), adv=advantages.clone(), mask=mask)
+        seen[-1]["loss"] = original_loss(logp, advantages, mask)
+        return seen[-1]["loss"]
+
+    monkeypatch.setattr(rloo_module, "sample_groups", spy_sample)
+    monkeypatch.setattr(rloo_module, "reference_logprobs", spy_ref)
+    monkeypatch.setattr(rloo_module, "reinforce_loss", spy_loss)
+    beta, k = 0.5, 4
+    cfg = rloo_cfg(sft_model, tmp_path / "adv", iterations=2, beta=beta, k=k, eval_every=100,
+                   lora=LoRAConfig(enabled=False), optim=OptimConfig(lr=1e-2, schedule="constant"))
+    rloo(cfg)
+    assert len(seen) == 2
+    # iteration 1: the log-probs in the loss are those of the policy that sampled (on-policy, no ratio)
+    first = seen[0]
+    start, *_ = load_model(sft_model)
+    with torch.no_grad():
+        m = first["mask"]
+        assert torch.allclose(first["logp"] * m, response_logprobs(start, first["rollout"]) * m, atol=1e-5)
+    # iteration 2: the policy has moved away from the reference, so the KL term matters
+    second = seen[1]
+    rollout, mask = second["rollout"], second["mask"]
+    seq_kl = ((second["logp"] - second["ref"]).double() * mask).sum(-1)  # (N,)
+    assert seq_kl.abs().max() > 1e-3
+    R = rollout.scores.double() - beta * seq_kl  # (N,)
+    for b in range(rollout.batch_size // k):
+        group = R[b * k : (b + 1) * k].tolist()
+        for i in range(k):
+            others = [group[j] for j in range(k) if j != i]
+            assert second["adv"][b * k + i].item() == pytest.approx(group[i] - sum(others) / (k - 1), abs=1e-5)
+    # one REINFORCE step on this batch lowers its own loss (first order: -lr * |grad|^2 < 0)
+    trained, *_ = load_model(tmp_path / "adv" / "model")
+    with torch.no_grad():
+        after = original_loss(response_logprobs(trained, rollout), second["adv"], mask)
+    assert after.item() < second["loss"].item()
+
+
+def test_rloo_resume_is_exact(sft_model, tmp_path, monkeypatch):
+    full = rloo_cfg(sft_model, tmp_path / "full", iterations=4)
+    full.run.save_every = 2
+    rloo(full)
+    original, calls = rloo_module.reinforce_loss, {"n": 0}
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original(*a, **k)
+
+    part = rloo_cfg(sft_model, tmp_path / "part", iterations=4)
+    part.run.save_every = 2
+    monkeypatch.setattr(rloo_module, "reinforce_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rloo(part)
+    monkeypatch.setattr(rloo_module, "reinforce_loss", original)
+    part.run.resume = True
+    rloo(part)
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
+    assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("kw,key", [(dict(k=1), "'k'"), (dict(prompts_per_iteration=0), "prompts_per_iteration"),
+                                    (dict(kl_estimator="k9"), "kl_estimator")])
+def test_bad_config_names_the_key(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        from_dict(RLOOConfig, kw)
