@@ -1,0 +1,103 @@
+"""A run killed with SIGKILL resumes to the same result; a NaN stops the run and keeps the last
+good checkpoint; a checkpoint that would run code is refused."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from minirlhf.checkpoint import CheckpointManager, UnsafeCheckpointError, load_state, load_tensors
+from minirlhf.logger import read_metrics
+from minirlhf.trainers.common import NonFiniteError
+from minirlhf.trainers.pretrain import pretrain
+from minirlhf.trainers.sft import sft
+
+from tiny_configs import pretrain_cfg, sft_cfg
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reliability")
+    torch.set_num_threads(1)
+    pretrain(pretrain_cfg(out / "pt", steps=4))
+    return out / "pt" / "model"
+
+
+def sft_command(init, out, steps, *extra):
+    return [sys.executable, "-m", "minirlhf.cli", "sft", "--init", str(init), "--run.out", str(out),
+            "--steps", str(steps), "--batch-size", "8", "--eval-every", "4", "--eval-prompts", "4", "--samples", "0",
+            "--run.save-every", "1", "--run.threads", "1", "--run.progress", "false", *extra]
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(base, tmp_path):
+    steps = 40
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(sft_command(base, tmp_path / "full", steps), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(sft_command(base, tmp_path / "killed", steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = CheckpointManager(tmp_path / "killed" / "checkpoints")
+    deadline = time.time() + 120
+    while (manager.latest_step() or 0) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; raise steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = manager.latest_step()
+    assert 5 <= killed_at < steps
+    subprocess.run(sft_command(base, tmp_path / "killed", steps, "--run.resume", "true"), check=True, env=env,
+                   capture_output=True)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert drop(read_metrics(tmp_path / "full")) == drop(read_metrics(tmp_path / "killed"))
+    a = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_tensors(tmp_path / "killed" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_stops_the_run_naming_step_and_quantity_and_keeps_the_last_checkpoint(base, tmp_path, monkeypatch):
+    import minirlhf.trainers.sft as sft_module
+
+    real_loss, calls = sft_module.next_token_loss, {"n": 0}
+
+    def loss_that_turns_nan(*args, **kw):
+        loss = real_loss(*args, **kw)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(sft_module, "next_token_loss", loss_that_turns_nan)
+    cfg = sft_cfg(base, tmp_path / "nan", steps=6, save_every=1)
+    with pytest.raises(NonFiniteError, match=r"step 3: loss is not finite.*ckpt-00000002"):
+        sft(cfg)
+    manager = CheckpointManager(tmp_path / "nan" / "checkpoints")
+    assert manager.latest_step() == 2
+    weights = load_tensors(manager.latest() / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert load_state(manager.latest() / "state.pt")["step"] == 2
+    assert not (tmp_path / "nan" / "model").exists()  # no final model from a broken run
+
+
+class WouldRunCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(base, tmp_path):
+    cfg = sft_cfg(base, tmp_path / "run", steps=2, save_every=1)
+    sft(cfg)
+    latest = CheckpointManager(tmp_path / "run" / "checkpoints").latest()
+    marker = tmp_path / "pwned"
+    with open(latest / "state.pt", "wb") as f:  # an attacker replaces the training state
+        pickle.dump({"step": WouldRunCode(str(marker))}, f)
+    cfg.run.resume = True
+    with pytest.raises(UnsafeCheckpointError):
+        sft(cfg)
+    assert not marker.exists()
