@@ -27,6 +27,7 @@ COMMANDS = {
     "trpo": ("minirlhf.trainers.trpo", "TRPOConfig", "trpo", "TRPO: one natural-gradient trust-region step per rollout batch"),
     "grpo": ("minirlhf.trainers.grpo", "GRPOConfig", "grpo", "GRPO: group-relative advantages, clipped objective, k3 KL term"),
     "rloo": ("minirlhf.trainers.rloo", "RLOOConfig", "rloo", "RLOO: REINFORCE with the leave-one-out baseline"),
+    "verify": ("minirlhf.verify", "VerifyConfig", "verify_cli", "the closed-form report: every objective against its exact answer"),
     "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
 }
 
