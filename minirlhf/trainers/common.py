@@ -296,5 +296,5 @@ class ModelSize:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 64
+    block_size: int = field(default=0, metadata={"help": "context length (0: what the task's data needs)"})
     dropout: float = 0.0

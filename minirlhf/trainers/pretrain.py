@@ -33,6 +33,15 @@ class PretrainConfig:
     eval_batches: int = 8
 
 
+def auto_block_size(task, tokenizer, template) -> int:
+    """The context the task needs: its longest demonstration or held-out prompt plus the response
+    budget, rounded up to a multiple of 32 (at least 64)."""
+    longest = max(len(template.encode(tokenizer, r["prompt"], r["response"])[0]) for r in task.sft_rows("train"))
+    longest_prompt = max(len(template.encode(tokenizer, p)[0]) for p in task.prompts("test"))
+    need = max(longest, longest_prompt + task.max_response_tokens)
+    return max(64, 32 * -(-need // 32))
+
+
 def random_windows(tokens: torch.Tensor, batch_size: int, length: int, generator: torch.Generator):
     """``batch_size`` windows of ``length`` consecutive tokens; each predicts its own next tokens."""
     starts = torch.randint(0, len(tokens) - length + 1, (batch_size,), generator=generator)
@@ -46,7 +55,7 @@ def eval_loss(model, tokens, cfg: PretrainConfig, device) -> float:
     model.eval()
     losses = []
     for _ in range(cfg.eval_batches):
-        x = random_windows(tokens, cfg.batch_size, cfg.model.block_size, g).to(device)
+        x = random_windows(tokens, cfg.batch_size, model.config.block_size, g).to(device)
         losses.append(next_token_loss(model(x), x).item())
     model.train()
     return sum(losses) / len(losses)
@@ -59,13 +68,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
     tokenizer, template = task.build_tokenizer(), task.template()
     text = task.pretrain_text()
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    n_val = max(cfg.model.block_size * 4, int(len(tokens) * cfg.val_fraction))
-    if len(tokens) - n_val <= cfg.model.block_size + 1:
-        raise ValueError(f"the corpus has {len(tokens)} tokens: too short for block_size {cfg.model.block_size}")
-    train_tokens, val_tokens = tokens[:-n_val], tokens[-n_val:]
 
     m = cfg.model
-    model = GPT(GPTConfig(tokenizer.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)).to(run.device)
+    block_size = m.block_size or auto_block_size(task, tokenizer, template)
+    model = GPT(GPTConfig(tokenizer.vocab_size, block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)).to(run.device)
+    n_val = max(block_size * 4, int(len(tokens) * cfg.val_fraction))
+    if len(tokens) - n_val <= block_size + 1:
+        raise ValueError(f"the corpus has {len(tokens)} tokens: too short for block_size {block_size}")
+    train_tokens, val_tokens = tokens[:-n_val], tokens[-n_val:]
     opt = make_optimizer(model.parameters(), cfg.optim)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     run.track("model", model)
@@ -82,7 +92,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         set_lr(opt, lr)
         total = 0.0
         for _ in range(cfg.optim.grad_accum):
-            x = random_windows(train_tokens, cfg.batch_size, m.block_size, gen).to(run.device)
+            x = random_windows(train_tokens, cfg.batch_size, block_size, gen).to(run.device)
             with run.autocast():
                 loss = next_token_loss(model(x), x) / cfg.optim.grad_accum
             run.check_finite(step, loss=loss)
