@@ -147,7 +147,8 @@ def plot_runs(
     plotted = [k for k in wanted if k != x and any(k in a for a in available.values())]
     skipped = [k for k in wanted if k not in plotted]
     if not plotted:
-        raise ValueError(f"keys: none of {wanted} was logged by any run; the runs have: {', '.join(everything) or 'nothing'}")
+        have = ", ".join(everything) or "nothing"
+        raise ValueError(f"keys: none of {wanted} was logged by any run; the runs have: {have}")
     missing = {k: [label for label, a in available.items() if k not in a] for k in plotted}
     missing = {k: v for k, v in missing.items() if v}
 

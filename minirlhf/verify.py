@@ -50,7 +50,6 @@ from minirlhf.objectives import (
     davidson_probs,
     dpo_loss,
     entropy_from_logits,
-    flat_grad,
     gae,
     group_advantages,
     grpo_kl_penalty,
@@ -975,7 +974,8 @@ def _bandit_k3(seed):
     """GRPO's k3 term (Shao et al. 2024, eq. 4) has expected gradient grad KL(pi_ref || pi) (row
     grpo/k3-grad-is-reverse-kl), so the same descent with it maximises E_pi[r] - beta KL(pi_ref || pi), whose
     solution is pi(a) = beta pi_ref(a) / (lambda - r(a)) with lambda > max r fixed by normalisation (found by
-    bisection). Same bandit, beta, steps and lr as bandit/pg-k2-penalty; over seeds 0..39 it ends within TV 2e-5 (median ~1e-14); we allow 1e-4."""
+    bisection). Same bandit, beta, steps and lr as bandit/pg-k2-penalty; over seeds 0..39 it ends within
+    TV 2e-5 (median ~1e-14); we allow 1e-4."""
     r, ref_logp = _bandit(seed, 71)
     return _tv(_pg_random(seed, "k3"), _reverse_kl_regularised_optimum(r, ref_logp, 1.0)), 0.0, 1e-4
 

@@ -43,7 +43,8 @@ def parse_runs(items: list[str]) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files), optionally LABEL=PATH")
-    parser.add_argument("--keys", nargs="*", default=None, help="metrics to plot, one panel each (default: the standard keys present)")
+    parser.add_argument("--keys", nargs="*", default=None,
+                        help="metrics to plot, one panel each (default: the standard keys present)")
     parser.add_argument("--x", default="time", help=f"x axis: {' or '.join(X_AXES)} (or any numeric key); default time")
     parser.add_argument("--out", default="curves.png", help="image to write (.png, .pdf, .svg); default curves.png")
     parser.add_argument("--title", default=None, help="figure title")
