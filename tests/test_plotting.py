@@ -33,7 +33,8 @@ def _ppo_like(n=60, scale=1.0):
 
 
 def _dpo_like(n=40):
-    return [{"step": s, "time": 0.3 * s, "loss": 1 / (1 + s / 10), "rewards/accuracies": 0.5 + 0.01 * s} for s in range(1, n + 1)]
+    return [{"step": s, "time": 0.3 * s, "loss": 1 / (1 + s / 10), "rewards/accuracies": 0.5 + 0.01 * s}
+            for s in range(1, n + 1)]
 
 
 def _count_color(img, rgb, tol=0.06):
@@ -66,8 +67,8 @@ def test_keys_missing_from_some_or_all_runs_are_skipped_and_reported(tmp_path):
     pytest.importorskip("matplotlib")
     a = _write_run(tmp_path / "ppo", _ppo_like())
     b = _write_run(tmp_path / "dpo", _dpo_like())
-    drawn = plot_runs({"ppo": a, "dpo": b}, keys=["reward/score", "rewards/accuracies", "not/a/metric", "eval/accuracy"],
-                      x="step", out_path=tmp_path / "c.png")
+    keys = ["reward/score", "rewards/accuracies", "not/a/metric", "eval/accuracy"]
+    drawn = plot_runs({"ppo": a, "dpo": b}, keys=keys, x="step", out_path=tmp_path / "c.png")
     assert drawn["keys"] == ["reward/score", "rewards/accuracies", "eval/accuracy"]
     assert drawn["skipped"] == ["not/a/metric"]
     assert drawn["missing"] == {"reward/score": ["dpo"], "rewards/accuracies": ["ppo"], "eval/accuracy": ["dpo"]}
@@ -76,7 +77,8 @@ def test_keys_missing_from_some_or_all_runs_are_skipped_and_reported(tmp_path):
 
 def test_no_plottable_key_is_a_clear_error(tmp_path):
     a = _write_run(tmp_path / "ppo", _ppo_like())
-    with pytest.raises(ValueError, match=r"keys: none of \['nope'\] was logged by any run; the runs have: kl, reward/score, eval/accuracy"):
+    have = "kl, reward/score, eval/accuracy"  # in order of first appearance (the file's keys are sorted)
+    with pytest.raises(ValueError, match=rf"keys: none of \['nope'\] was logged by any run; the runs have: {have}"):
         plot_runs({"ppo": a}, keys=["nope"], out_path=tmp_path / "c.png")
     with pytest.raises(ValueError, match=r"x: no run logged a number for 'wallclock'"):
         plot_runs({"ppo": a}, keys=["kl"], x="wallclock", out_path=tmp_path / "c.png")
@@ -90,7 +92,8 @@ def test_default_keys_are_the_standard_ones_present(tmp_path):
     a = _write_run(tmp_path / "ppo", _ppo_like())
     b = _write_run(tmp_path / "dpo", _dpo_like())
     drawn = plot_runs({"ppo": a, "dpo": b}, out_path=tmp_path / "c.png")
-    assert drawn["keys"] == [k for k in DEFAULT_KEYS if k in {"reward/score", "kl", "eval/accuracy", "loss", "rewards/accuracies"}]
+    logged = {"reward/score", "kl", "eval/accuracy", "loss", "rewards/accuracies"}
+    assert drawn["keys"] == [k for k in DEFAULT_KEYS if k in logged]
     # a run with none of the standard keys: every numeric key is plotted
     c = _write_run(tmp_path / "custom", [{"step": s, "time": s, "my/metric": s * s, "note": "x"} for s in range(5)])
     assert plot_runs({"c": c}, out_path=tmp_path / "d.png")["keys"] == ["my/metric"]
