@@ -24,6 +24,7 @@ COMMANDS = {
     "dpo": ("minirlhf.trainers.dpo", "DPOConfig", "dpo", "direct preference optimization (offline, or online rounds)"),
     "collect": ("minirlhf.trainers.collect", "CollectConfig", "collect", "sample K responses per prompt and judge every pair"),
     "rm": ("minirlhf.trainers.reward", "RewardConfig", "train_reward_model", "train a Bradley-Terry reward model"),
+    "ppo": ("minirlhf.trainers.ppo", "PPOConfig", "ppo", "PPO: rollouts, critic, GAE, KL-penalised reward, clipped update"),
     "trpo": ("minirlhf.trainers.trpo", "TRPOConfig", "trpo", "TRPO: one natural-gradient trust-region step per rollout batch"),
     "grpo": ("minirlhf.trainers.grpo", "GRPOConfig", "grpo", "GRPO: group-relative advantages, clipped objective, k3 KL term"),
     "rloo": ("minirlhf.trainers.rloo", "RLOOConfig", "rloo", "RLOO: REINFORCE with the leave-one-out baseline"),
