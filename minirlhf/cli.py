@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 # command -> (module, config class, function, one-line help); imported only when run.
 COMMANDS = {
+    "pipeline": ("minirlhf.pipeline", "PipelineConfig", "pipeline", "the whole experiment: pretrain to PPO/TRPO/GRPO/RLOO/DPO, a table, a plot"),
     "pretrain": ("minirlhf.trainers.pretrain", "PretrainConfig", "pretrain", "pretrain a GPT on the task corpus"),
     "sft": ("minirlhf.trainers.sft", "SFTConfig", "sft", "supervised fine-tuning on demonstrations"),
     "dpo": ("minirlhf.trainers.dpo", "DPOConfig", "dpo", "direct preference optimization (offline, or online rounds)"),

@@ -36,8 +36,9 @@ METRICS_FILE = "metrics.jsonl"
 
 # Shown on the console line, in this order, when present in a step's metrics.
 CONSOLE_KEYS = (
-    "loss", "reward/mean", "kl", "entropy", "clipfrac", "approx_kl", "explained_variance",
-    "rewards/accuracies", "accuracy", "lr",
+    "loss", "reward/mean", "reward/score", "kl", "entropy", "clipfrac", "approx_kl", "step_frac",
+    "explained_variance", "rewards/accuracies", "rewards/margins", "accuracy", "eval/loss",
+    "eval/accuracy", "eval/judge_score", "lr",
 )
 
 
