@@ -23,7 +23,7 @@ a panel of annotators judged the pair. Everything is deterministic given ``seed`
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import random
 import sys
@@ -60,7 +60,7 @@ class CollectConfig:
     tie_policy: Literal["drop", "half"] = field(default="drop",
                                                 metadata={"help": "ties: dropped, or kept as prob 0.5"})
     tie_margin: float = field(default=0.0, metadata={"help": "score gaps up to this are ties"})
-    n_prompts: int = field(default=2000, metadata={"help": "training prompts sampled (0: all)"})
+    n_prompts: int = field(default=0, metadata={"help": "training prompts sampled (0: all)"})
     n_test_prompts: int = field(default=300, metadata={"help": "held-out prompts sampled (0: all)"})
     k: int = field(default=4, metadata={"help": "samples per prompt: K(K-1)/2 comparisons each"})
     temperature: float = field(default=1.2, metadata={"help": "sampling temperature (> 1 for diversity)"})
@@ -74,16 +74,23 @@ class CollectConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
 
 
-def make_judge(cfg: CollectConfig, task):
+def split_seed(seed: int, split: str) -> int:
+    """A seed of its own for each split, so that the held-out samples do not depend on how many
+    training prompts came before them."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:collect:{split}".encode()).digest()[:8], "little") % 2**63
+
+
+def make_judge(cfg: CollectConfig, task, seed: int = 0):
     """The judge named by cfg.judge. "gold" compares task.score with GoldJudge, "heuristic" with
     HeuristicJudge (for the instruct task that is its graded judge score); "noisy" puts a panel
-    of cfg.n_annotators annotators, each flipping the label with cfg.flip_prob, over the gold one."""
+    of cfg.n_annotators annotators, each flipping the label with cfg.flip_prob, over the gold one
+    (its coin flips seeded with ``seed``)."""
     if cfg.judge == "gold":
         return GoldJudge(task, tie_margin=cfg.tie_margin)
     if cfg.judge == "heuristic":
         return HeuristicJudge(task, tie_margin=cfg.tie_margin)
     if cfg.judge == "noisy":
-        return NoisyJudge(GoldJudge(task, tie_margin=cfg.tie_margin), cfg.flip_prob, cfg.n_annotators, seed=cfg.seed)
+        return NoisyJudge(GoldJudge(task, tie_margin=cfg.tie_margin), cfg.flip_prob, cfg.n_annotators, seed=seed)
     raise ValueError(f"judge: expected 'gold', 'heuristic' or 'noisy', got {cfg.judge!r}")
 
 
@@ -263,14 +270,12 @@ def collect(cfg: CollectConfig) -> dict:
     if tokenizer is None:
         raise ValueError(f"{cfg.policy}: the model folder has no tokenizer.json")
     model.eval()
-    judge = make_judge(cfg, task)
     max_new = cfg.max_new_tokens or task.max_response_tokens
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
 
     t0 = time.perf_counter()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     summary = {"policy": str(cfg.policy), "task": task_record, "judge": cfg.judge, "k": cfg.k,
                "temperature": cfg.temperature, "tie_policy": cfg.tie_policy, "seed": cfg.seed}
     for split, n in (("train", cfg.n_prompts), ("test", cfg.n_test_prompts)):
@@ -283,8 +288,11 @@ def collect(cfg: CollectConfig) -> dict:
         if max_new > room:
             print(f"[collect] max_new_tokens {max_new} -> {room} to fit block_size {model.config.block_size}",
                   file=sys.stderr)
-        rows, rankings, samples, split_summary = collect_split(model, tokenizer, template, task, prompts, judge,
-                                                               cfg, generator, min(max_new, room))
+        seed = split_seed(cfg.seed, split)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        rows, rankings, samples, split_summary = collect_split(model, tokenizer, template, task, prompts,
+                                                               make_judge(cfg, task, seed), cfg, generator,
+                                                               min(max_new, room))
         write_jsonl(out / f"{split}.jsonl", rows)
         write_jsonl(out / f"{split}_samples.jsonl", samples)
         if split == "train":

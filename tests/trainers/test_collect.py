@@ -111,6 +111,10 @@ def test_samples_are_diverse_and_the_run_is_deterministic_given_the_seed(policy,
     assert read("a", "train_samples.jsonl") != read("c", "train_samples.jsonl")
     samples = [json.loads(line) for line in open(tmp_path / "a" / "train_samples.jsonl")]
     assert sum(len(set(s["responses"])) for s in samples) > len(samples)  # K samples of a prompt differ
+    # the held-out samples have a generator of their own: more training prompts leave them alone
+    collect(cfg_for(policy, tmp_path / "d", n_prompts=5))
+    assert read("a", "test_samples.jsonl") == read("d", "test_samples.jsonl")
+    assert read("a", "train_samples.jsonl") != read("d", "train_samples.jsonl")
 
 
 def test_counts_with_empty_identical_and_tied_responses_and_both_tie_policies():
