@@ -207,7 +207,7 @@ def kl_to_reference(policy, reference, tokenizer, template, prompts, max_new_tok
 def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval_prompts: int, seed: int,
             device) -> dict[str, dict]:
     """The same evaluation of every final policy: accuracy (greedy and t=1), reward, KL to SFT."""
-    from minirlhf.evaluation import evaluate_task, generate_responses
+    from minirlhf.evaluation import evaluate_task
     from minirlhf.rollout import RewardModelScorer, sample
     from minirlhf.saving import load_model
     from minirlhf.tasks import get_task

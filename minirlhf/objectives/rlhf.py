@@ -14,7 +14,6 @@ formula above exactly).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .policy import kl_estimate

@@ -19,7 +19,6 @@ sequence reward per response minus the batch mean over the batch std, broadcast 
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,20 +26,19 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from minirlhf.evaluation import evaluate_task
 from minirlhf.heads import ScalarHead
-from minirlhf.lora import apply_lora, has_lora, lora_disabled, trainable_summary
+from minirlhf.lora import lora_disabled, trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, AdaptiveKLPenalty, FixedKLController, batch_normalized_advantages,
                                  broadcast_to_tokens, entropy_from_logits, explained_variance, gae, kl_estimate,
                                  kl_penalized_rewards, logprobs_from_logits, masked_mean, ppo_penalty_loss,
                                  ppo_policy_loss, value_loss, whiten)
-from minirlhf.rollout import (RewardModelScorer, Rollout, VerifierScorer, apply_missing_eos_penalty, response_logprobs,
-                              response_values, sample)
+from minirlhf.rollout import RewardModelScorer, Rollout, VerifierScorer, response_logprobs, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.tokenizer import check_same_tokenizer
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, resolve_task)
+from minirlhf.trainers.rl_common import draw_prompts, evaluate, policy_and_reference, rollout_metrics, score_rollout
 
 
 @dataclass
@@ -210,11 +208,7 @@ def ppo(cfg: PPOConfig) -> dict:
     run = TrainingRun(cfg.run, cfg, name="ppo", total_steps=cfg.iterations)
     device = run.device
     policy.to(device)
-    ref_model = None
-    if cfg.lora.enabled:
-        apply_lora(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
-    else:
-        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    policy, ref_model = policy_and_reference(policy, cfg.lora)
     scorer, rm = build_scorer(cfg, tokenizer, device)
     critic_mode = "none" if cfg.advantage == "batch_norm" else cfg.critic
     critic = None
@@ -250,22 +244,20 @@ def ppo(cfg: PPOConfig) -> dict:
     t0 = time.perf_counter()
     last_eval = {}
     if start == 0:
-        last_eval = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), cfg.eval_prompts, cfg.run.seed)
+        last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
         run.log(0, dict(last_eval))
     for it in range(start + 1, cfg.iterations + 1):
         timer.reset()
         optimizer.param_groups[0]["lr"] = lr_at(it, cfg.iterations, cfg.optim)  # the policy's group
-        idx = torch.randint(0, len(train_prompts), (cfg.batch_size,), generator=shuffle_gen).tolist()
+        prompts = draw_prompts(train_prompts, cfg.batch_size, shuffle_gen)
         with timer("generation"):
-            rollout = sample(policy, tokenizer, template, [train_prompts[i] for i in idx], max_new,
-                             cfg.temperature, gen)
+            rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
             logits, values = ac(rollout, cfg.temperature)
             rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
             rollout.values = values
             rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-            raw = scorer(rollout, task)
-            rollout.scores = apply_missing_eos_penalty(raw, rollout.ended, cfg.missing_eos_penalty)
+            raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
             rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                beta if cfg.kl.where == "reward" else 0.0, cfg.kl.estimator)
@@ -277,24 +269,19 @@ def ppo(cfg: PPOConfig) -> dict:
                                penalty, shuffle_gen, run, it)
         seq_kl = kl.sum(-1)  # (B,) the same quantity the penalty used, per response
         kl_ctl.update(float(seq_kl.mean()), cfg.batch_size)
-        task_scores = [task.score(p, r) for p, r in zip(rollout.prompts, rollout.responses)]
         metrics = {
-            "reward/score": float(raw.mean()),
+            **rollout_metrics(rollout, raw, task),
             "reward/total": float(rewards.sum(-1).mean()),
             "reward/kl_penalty": float(-(beta if cfg.kl.where == "reward" else 0.0) * seq_kl.mean()),
             "kl": float(seq_kl.mean()),
             "kl_coef": beta,
-            "response_length": float(rollout.mask.sum(-1).mean()),
-            "eos_share": float(rollout.ended.float().mean()),
-            f"train/{task.metric_name}": sum(task_scores) / len(task_scores),
             **stats,
             **timer.as_metrics(),
         }
         if values is not None and returns is not None:
             metrics["explained_variance"] = float(explained_variance(values, returns, rollout.mask))
         if it % cfg.eval_every == 0 or it == cfg.iterations:
-            last_eval = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), cfg.eval_prompts,
-                                      cfg.run.seed)
+            last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
             metrics.update(last_eval)
         run.log(it, metrics)
         run.maybe_save(it, cfg.iterations)
