@@ -39,7 +39,7 @@ from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives.preference import (bradley_terry_loss, bradley_terry_prob, davidson_tie_loss,
                                             expected_calibration_error, plackett_luce_loss)
 from minirlhf.saving import load_model, read_config, save_model
-from minirlhf.tokenizer import load_tokenizer
+from minirlhf.tokenizer import check_same_tokenizer, load_tokenizer
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
 from minirlhf.trainers.sft import sft_batch
@@ -81,47 +81,8 @@ class RewardConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizers and reward model folders
+# Reward model folders
 # ---------------------------------------------------------------------------------------------
-
-
-def _vocabulary(tokenizer) -> list[str]:
-    """The token of every id, in id order."""
-    if hasattr(tokenizer, "itos"):  # CharTokenizer
-        return list(tokenizer.itos)
-    inner = getattr(tokenizer, "_tok", None)  # BPETokenizer wraps a tokenizers.Tokenizer
-    if inner is not None:
-        return [inner.id_to_token(i) for i in range(tokenizer.vocab_size)]
-    return [tokenizer.decode([i], skip_special=False) for i in range(tokenizer.vocab_size)]
-
-
-def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("a", "b")) -> None:
-    """Raise ValueError unless the two tokenizers turn text into the same ids: same kind, same
-    vocabulary (the token of every id), same pad/bos/eos ids and, for BPE, the same merges.
-
-    A reward model scores the policy's token ids directly, so both must share one tokenizer;
-    the error names the first difference (``names`` label the two sides)."""
-    a, b = names
-    if type(tok_a) is not type(tok_b):
-        raise ValueError(f"tokenizer mismatch: {a} has a {type(tok_a).__name__}, {b} a {type(tok_b).__name__}; "
-                         f"expected the same tokenizer")
-    if tok_a.vocab_size != tok_b.vocab_size:
-        raise ValueError(f"tokenizer mismatch: {a} has vocab_size {tok_a.vocab_size}, {b} has {tok_b.vocab_size}; "
-                         f"expected the same vocabulary")
-    for role in ("pad_id", "bos_id", "eos_id"):
-        if getattr(tok_a, role) != getattr(tok_b, role):
-            raise ValueError(f"tokenizer mismatch: {role} is {getattr(tok_a, role)} in {a} and "
-                             f"{getattr(tok_b, role)} in {b}")
-    vocab_a, vocab_b = _vocabulary(tok_a), _vocabulary(tok_b)
-    for i, (x, y) in enumerate(zip(vocab_a, vocab_b)):
-        if x != y:
-            raise ValueError(f"tokenizer mismatch: id {i} is {x!r} in {a} and {y!r} in {b}; expected the same "
-                             f"vocabulary")
-    inner_a, inner_b = getattr(tok_a, "_tok", None), getattr(tok_b, "_tok", None)
-    if inner_a is not None and inner_b is not None:
-        model_a, model_b = json.loads(inner_a.to_str())["model"], json.loads(inner_b.to_str())["model"]
-        if model_a != model_b:
-            raise ValueError(f"tokenizer mismatch: {a} and {b} share a vocabulary but not their BPE merges")
 
 
 def load_reward_model(folder, policy_tokenizer=None, device="cpu"):
@@ -135,7 +96,7 @@ def load_reward_model(folder, policy_tokenizer=None, device="cpu"):
     if policy_tokenizer is not None:
         if tokenizer is None:
             raise ValueError(f"{folder}: the reward model folder has no tokenizer.json to compare with the policy's")
-        check_same_tokenizer(tokenizer, policy_tokenizer, names=(f"the reward model {folder}", "the policy"))
+        check_same_tokenizer(policy_tokenizer, tokenizer, "policy", f"reward model {folder}")
     return model, tokenizer, template, meta
 
 
@@ -364,8 +325,8 @@ def _policy_tokenizer_check(cfg: RewardConfig, tokenizer) -> str | None:
     tok_path = Path(policy) / "tokenizer.json"
     if not tok_path.is_file():
         raise FileNotFoundError(f"policy: {tok_path} not found; expected a model folder with a tokenizer")
-    check_same_tokenizer(tokenizer, load_tokenizer(tok_path), names=(f"the reward model's init {cfg.init}",
-                                                                   f"the policy {policy}"))
+    check_same_tokenizer(load_tokenizer(tok_path), tokenizer, f"policy {policy}",
+                         f"reward model (initialised from {cfg.init})")
     return policy
 
 
@@ -475,6 +436,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
                      "policy": policy, "data": str(train_path), "trainable": trainable_summary(model),
                      "reward_mean": mean, "reward_std": std, **extra_meta})
     final = dict(last_eval)
+    if "eval/rewards/accuracies" in final:  # the short name the pipeline's summary reads
+        final["eval/accuracy"] = final["eval/rewards/accuracies"]
     final.update({"time": elapsed, "model": str(run.model_dir()), "trainable": trainable_summary(model),
                   "reward_mean": mean, "reward_std": std, "reward_sequences": n_seqs,
                   "data/train_rows": len(train_rows), "data/test_rows": len(test_rows),

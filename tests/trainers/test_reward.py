@@ -16,9 +16,8 @@ from minirlhf.objectives.preference import bradley_terry_loss
 from minirlhf.saving import load_model, save_model
 from minirlhf.tasks import get_task
 from minirlhf.tasks.arithmetic import answer, parse_prompt
-from minirlhf.tokenizer import BPETokenizer, CharTokenizer, PlainTemplate
-from minirlhf.trainers.reward import (RewardConfig, check_same_tokenizer, load_reward_model, pair_scores,
-                                      train_reward_model)
+from minirlhf.tokenizer import BPETokenizer, CharTokenizer, PlainTemplate, check_same_tokenizer
+from minirlhf.trainers.reward import RewardConfig, load_reward_model, pair_scores, train_reward_model
 
 from tiny_configs import TASK, run_cfg
 
@@ -192,16 +191,16 @@ def test_bad_rows_are_skipped_and_counted_or_raise(init, tmp_path):
 
 def test_check_same_tokenizer_names_the_difference():
     check_same_tokenizer(CharTokenizer("0123"), CharTokenizer("3210"))  # the same alphabet
-    with pytest.raises(ValueError, match="vocab_size 7.*has 8"):
+    with pytest.raises(ValueError, match="vocab_size 7 vs 8"):
         check_same_tokenizer(CharTokenizer("0123"), CharTokenizer("01234"))
-    with pytest.raises(ValueError, match=r"id 6 is '3' in a and '4' in b"):
+    with pytest.raises(ValueError, match="different ids for the same text"):  # same size, "3" -> "4"
         check_same_tokenizer(CharTokenizer("0123"), CharTokenizer("0124"))
     texts = ["the cat sat on the mat", "a dog ate the hat"] * 20
     bpe = BPETokenizer.train(texts, vocab_size=280)
     check_same_tokenizer(bpe, BPETokenizer.train(texts, vocab_size=280))
-    with pytest.raises(ValueError, match="CharTokenizer.*BPETokenizer"):
+    with pytest.raises(ValueError, match="CharTokenizer vs BPETokenizer"):
         check_same_tokenizer(CharTokenizer("0123"), bpe)
-    with pytest.raises(ValueError, match="tokenizer mismatch"):
+    with pytest.raises(ValueError, match="tokenizers differ"):
         check_same_tokenizer(bpe, BPETokenizer.train(["zebra quiz jumps", "vexing fjord"] * 20, vocab_size=280))
 
 
@@ -209,10 +208,10 @@ def test_a_reward_model_is_refused_for_a_policy_with_another_vocabulary(init, da
     other_tok = CharTokenizer("0123456789+-=:QAB \n")  # one letter more: every id after "A" moves
     other = tmp_path / "other_policy"
     save_model(other, tiny_gpt(other_tok.vocab_size), other_tok, PlainTemplate())
-    with pytest.raises(ValueError, match="tokenizer mismatch: .* has vocab_size 21, the policy .* has 22"):
+    with pytest.raises(ValueError, match="policy .*tokenizers differ \\(vocab_size 22 vs 21\\)"):
         train_reward_model(rm_cfg(init, data, tmp_path / "run", steps=1, policy=str(other)))
     train_reward_model(rm_cfg(init, data, tmp_path / "ok", steps=1, policy=str(init)))
-    with pytest.raises(ValueError, match="tokenizer mismatch"):
+    with pytest.raises(ValueError, match="tokenizers differ"):
         load_reward_model(tmp_path / "ok" / "model", policy_tokenizer=other_tok)
     with pytest.raises(ValueError, match="expected a trained reward model"):
         load_reward_model(init)
