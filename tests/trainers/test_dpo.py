@@ -126,8 +126,7 @@ def test_loss_falls_on_a_fixed_batch_with_one_forward_pass_per_step(init, loss_t
     torch.manual_seed(0)
     model, tok, template = tiny_model(init, lora=False, dtype=torch.float32)
     rows = gold_pairs(4)
-    cfg = DPOConfig(batch_size=4)
-    cfg.dpo.loss_type = loss_type
+    cfg = DPOConfig(batch_size=4, dpo=DPOLossConfig(beta=0.1, loss_type=loss_type))
     cfg.optim.lr = 1e-2
     pool = build_pool(model, rows, tok, template, cfg, "cpu")
     calls = []
