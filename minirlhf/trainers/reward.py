@@ -108,7 +108,8 @@ def load_reward_model(folder, policy_tokenizer=None, device="cpu"):
 def read_rows(path, kind: str, on_bad_row: str) -> tuple[list[dict], list[DataError]]:
     """Valid rows of a preference or ranking file, and the errors of the bad lines skipped."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such {kind} file (run `minirlhf collect` or pass --{kind}-file)")
+        raise FileNotFoundError(f"{path}: no such {kind} file; run `minirlhf collect` first, or point --data, "
+                                f"--train-file, --test-file or --rankings-file at one")
     return read_jsonl(path, kind, on_error="raise" if on_bad_row == "raise" else "skip")
 
 
@@ -132,7 +133,8 @@ def encodable_rows(tokenizer, template, rows: list[dict], max_len: int, truncati
                 else:
                     collate_preferences(tokenizer, template, [row], max_len, truncation)
         except DataError as e:
-            err = DataError(e.reason, file=f"{source}: row {i}" if source else f"row {i}", field=e.field)
+            where = f"valid row {i} (0-based)"
+            err = DataError(e.reason, file=f"{source}: {where}" if source else where, field=e.field)
             if on_bad_row == "raise":
                 raise err from None
             errors.append(err)

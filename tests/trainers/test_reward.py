@@ -17,7 +17,8 @@ from minirlhf.saving import load_model, save_model
 from minirlhf.tasks import get_task
 from minirlhf.tasks.arithmetic import answer, parse_prompt
 from minirlhf.tokenizer import BPETokenizer, CharTokenizer, PlainTemplate, check_same_tokenizer
-from minirlhf.trainers.reward import RewardConfig, load_reward_model, pair_scores, train_reward_model
+from minirlhf.trainers.reward import (RewardConfig, load_reward_model, pair_accuracy, pair_scores,
+                                      train_reward_model)
 
 from tiny_configs import TASK, run_cfg
 
@@ -114,6 +115,14 @@ def test_one_concatenated_pass_equals_two_separate_passes():
     assert torch.allclose(one[0], two[0], rtol=0, atol=1e-12)
     for g1, g2 in zip(one[1], two[1]):
         assert torch.allclose(g1, g2, rtol=0, atol=1e-12)
+
+
+def test_pair_accuracy_counts_equal_rewards_and_tie_labels_half():
+    chosen = torch.tensor([2.0, 1.0, 1.0, 3.0, 0.0])
+    rejected = torch.tensor([1.0, 2.0, 1.0, 0.0, 5.0])
+    prob = torch.tensor([1.0, 0.9, 1.0, 0.5, 0.2])  # the last label prefers the "rejected" text
+    # right, wrong, equal rewards (1/2), tie label (1/2), right (r_r > r_c as p < 1/2)
+    assert pair_accuracy(chosen, rejected, prob).item() == pytest.approx((1 + 0 + 0.5 + 0.5 + 1) / 5)
 
 
 def test_reward_mean_and_std_equal_a_direct_computation(init, tmp_path):
