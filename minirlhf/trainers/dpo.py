@@ -82,7 +82,8 @@ class DPOConfig:
     data: str = field(default="runs/prefs/train.jsonl",
                       metadata={"help": "preference JSONL for offline DPO (unused when rounds > 0)"})
     eval_data: str = field(default="", metadata={
-        "help": "held-out preference JSONL ('' = test.jsonl beside --data when it exists, 'none' = no held-out pairs)"})
+        "help": "held-out preference JSONL ('' = test.jsonl beside --data when it exists and rounds = 0, "
+                "'none' = no held-out pairs)"})
     max_pairs: int = field(default=0, metadata={"help": "use at most this many training pairs (0: all)"})
     dpo: DPOLossConfig = field(default_factory=DPOLossConfig)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
@@ -376,6 +377,11 @@ def check_config(cfg: DPOConfig) -> None:
         for name in ("steps_per_round", "prompts_per_round"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {getattr(cfg, name)!r}")
+        if cfg.tie_policy == "half" and cfg.dpo.soft_labels and (cfg.dpo.loss_type != "sigmoid"
+                                                                  or cfg.dpo.label_smoothing > 0):
+            raise ValueError(f"tie_policy: 'half' keeps ties as soft labels (prob 0.5), which need "
+                             f"dpo.loss_type=sigmoid and dpo.label_smoothing=0; got loss_type "
+                             f"{cfg.dpo.loss_type!r}, label_smoothing {cfg.dpo.label_smoothing}")
         if not cfg.sample_temperature > 0:
             raise ValueError(f"sample_temperature: expected > 0 (a greedy policy gives K identical samples), "
                              f"got {cfg.sample_temperature!r}")
@@ -385,7 +391,8 @@ def check_config(cfg: DPOConfig) -> None:
 
 
 def eval_data_path(cfg: DPOConfig) -> Path | None:
-    if cfg.eval_data == "none":
+    """The held-out preference file: --eval-data, else test.jsonl beside --data (offline only)."""
+    if cfg.eval_data == "none" or (cfg.rounds > 0 and not cfg.eval_data):
         return None
     if cfg.eval_data:
         if not Path(cfg.eval_data).is_file():

@@ -314,6 +314,10 @@ def test_bad_settings_and_data_raise_clear_errors(init, tmp_path):
         dpo(cfg)
     with pytest.raises(ValueError, match="samples_per_prompt"):
         dpo(dpo_cfg(init, tmp_path / "c", rounds=1, samples_per_prompt=1))
+    cfg = dpo_cfg(init, tmp_path / "e", rounds=1, tie_policy="half")
+    cfg.dpo.loss_type = "hinge"
+    with pytest.raises(ValueError, match="tie_policy: 'half' .* loss_type 'hinge'"):
+        dpo(cfg)
     soft = tmp_path / "soft.jsonl"
     write_jsonl(soft, [dict(gold_pairs(1)[0], prob=0.7)])
     cfg = dpo_cfg(init, tmp_path / "d", data=str(soft))
