@@ -272,6 +272,8 @@ def test_interrupted_and_resumed_dpo_matches_an_uninterrupted_run(init, tmp_path
         kw = dict(rounds=2, steps_per_round=3, prompts_per_round=6, tie_policy="half") if online else dict(steps=6)
         cfg = dpo_cfg(init, tmp_path / out, run={"save_every": 2}, **kw)
         cfg.lora.enabled = not online
+        if online:  # big steps, so that the policy of step 2 samples other pairs than that of step 0
+            cfg.optim.lr, cfg.batch_size = 5e-2, 16
         return cfg
 
     dpo(cfg_for("full"))
@@ -295,6 +297,10 @@ def test_interrupted_and_resumed_dpo_matches_an_uninterrupted_run(init, tmp_path
     b = without_time(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert [r["step"] for r in a] == list(range(0, 7))
     assert a == b
+    if online:  # round 1's pairs read back, round 2's sampled again by the resumed run: the same pairs
+        for r in (1, 2):
+            assert (load_preferences(dpo_module.round_file(tmp_path / "full", r))
+                    == load_preferences(dpo_module.round_file(tmp_path / "part", r)))
     wa = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
     wb = load_tensors(tmp_path / "part" / "model" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
