@@ -332,16 +332,19 @@ def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_
                                    task.max_response_tokens, temperature=cfg.sample_temperature, generator=gen)
     model.train(was_training)
     rows, counts = [], {"pairs": 0, "skipped": 0, "ties": 0, "rows": 0}
-    scores = []
+    scores, empty = [], 0
     for i, p in enumerate(prompts):
         group = responses[i * K : (i + 1) * K]
         scores += [judge.score(p, r) for r in group]
-        new, c = preference_rows(p, group, judge, cfg.tie_policy)
+        # An immediate EOS decodes to "", which a preference row cannot hold: such samples sit out the comparisons.
+        kept = [r for r in group if r != ""]
+        empty += K - len(kept)
+        new, c = preference_rows(p, kept, judge, cfg.tie_policy)
         rows += new
         for k in counts:
             counts[k] += c[k]
     stats = {"round/pairs": counts["rows"], "round/ties": counts["ties"], "round/skipped": counts["skipped"],
-             "round/score": sum(scores) / len(scores), "round/prompts": n}
+             "round/empty_samples": empty, "round/score": sum(scores) / len(scores), "round/prompts": n}
     return rows, stats
 
 
