@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=10)
     ap.add_argument("--response-len", type=int, default=5)
     ap.add_argument("--cg-iters", type=int, default=10)
-    ap.add_argument("--max-kl", type=float, default=0.02)
+    ap.add_argument("--max-kl", type=float, default=0.01)
     ap.add_argument("--damping", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)

@@ -50,7 +50,7 @@ class GRPOConfig:
     reward: str = field(default="verifier", metadata={"help": "'verifier' (the task's gold check) or a reward model folder"})
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, schedule="constant", beta2=0.999))
-    iterations: int = 40
+    iterations: int = 60
     prompts_per_iteration: int = field(default=16, metadata={"help": "prompts per batch; each gets group_size samples"})
     group_size: int = field(default=8, metadata={"help": "G: samples per prompt"})
     minibatch_size: int = field(default=64, metadata={"help": "samples per optimizer step"})

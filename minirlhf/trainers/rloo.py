@@ -46,7 +46,7 @@ class RLOOConfig:
     reward: str = field(default="verifier", metadata={"help": "'verifier' (the task's gold check) or a reward model folder"})
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, schedule="constant", beta2=0.999))
-    iterations: int = 40
+    iterations: int = 80
     prompts_per_iteration: int = field(default=16, metadata={"help": "prompts per batch (one optimizer step)"})
     k: int = field(default=4, metadata={"help": "samples per prompt"})
     beta: float = field(default=0.05, metadata={"help": "coefficient of the sequence KL to the reference in the reward"})

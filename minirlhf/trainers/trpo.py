@@ -52,12 +52,12 @@ class TRPOConfig:
     policy: str = field(default="runs/sft/model", metadata={"help": "SFT model folder (policy start and reference)"})
     reward: str = field(default="verifier", metadata={"help": "reward model folder, or 'verifier' for the task's check"})
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
-    max_kl: float = field(default=0.02, metadata={"help": "delta: bound on the mean per-token KL(pi_old || pi_new)"})
+    max_kl: float = field(default=0.01, metadata={"help": "delta: bound on the mean per-token KL(pi_old || pi_new)"})
     cg_iters: int = field(default=10, metadata={"help": "conjugate-gradient iterations (Hessian-vector products)"})
     damping: float = field(default=0.1, metadata={"help": "H + damping I in CG"})
     backtrack_coeff: float = field(default=0.8, metadata={"help": "line search: step fractions 1, c, c^2, ..."})
     backtrack_iters: int = field(default=10, metadata={"help": "line search: candidate steps"})
-    iterations: int = 40
+    iterations: int = 25
     batch_size: int = field(default=64, metadata={"help": "rollouts per iteration (one trust-region step)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (old log-probs use the same)"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: the task's suggestion"})
@@ -69,7 +69,7 @@ class TRPOConfig:
     critic_init: Literal["reward", "policy"] = field(
         default="reward", metadata={"help": "the critic starts from the reward model (if any) or the SFT model"})
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, schedule="constant", beta2=0.999))
-    critic_epochs: int = field(default=4, metadata={"help": "passes of value regression per iteration"})
+    critic_epochs: int = field(default=2, metadata={"help": "passes of value regression per iteration"})
     critic_minibatch_size: int = 16
     value_clip: float = field(default=0.2, metadata={"help": "clip of the value update (0: none)"})
     kl: KLConfig = field(default_factory=KLConfig)
