@@ -143,16 +143,16 @@ def reference_policy(model, ref_model=None):
 def reference_logps(model, rows: list[dict], tokenizer, template, max_len: int, truncation: str = "error",
                     batch_size: int = 64, device="cpu", ref_model=None,
                     autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi_ref(y_w|x) and log pi_ref(y_l|x) for every pair, (N,) each, in float32 on the CPU.
-    Called once per set of pairs; the trainer never calls it twice for the same pair."""
+    """log pi_ref(y_w|x) and log pi_ref(y_l|x) for every pair, (N,) each, on the CPU in the dtype the
+    model computes them in. Called once per set of pairs; the trainer never calls it twice for the same pair."""
     chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
     with reference_policy(model, ref_model) as ref:
         for i in range(0, len(rows), batch_size):
             batch = collate_preferences(tokenizer, template, rows[i : i + batch_size], max_len, truncation)
             with autocast():
                 c, r = concatenated_logps(ref, batch, device)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
+            chosen.append(c.cpu())
+            rejected.append(r.cpu())
     return torch.cat(chosen), torch.cat(rejected)  # (N,), (N,)
 
 

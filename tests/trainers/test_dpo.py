@@ -97,8 +97,8 @@ def test_policy_equal_to_reference_gives_the_closed_form_loss_and_zero_rewards(i
     loss_cfg = DPOLossConfig(beta=beta, loss_type=loss_type, label_smoothing=eps)
     losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, pool.ref_chosen, pool.ref_rejected, loss_cfg, "cpu")
     assert losses.shape == (8,)
-    torch.testing.assert_close(losses, torch.full((8,), expected, dtype=torch.float64), rtol=0, atol=1e-5)
-    assert rc.abs().max() < 1e-6 and rr.abs().max() < 1e-6
+    torch.testing.assert_close(losses, torch.full((8,), expected, dtype=torch.float64), rtol=0, atol=1e-9)
+    assert rc.abs().max() < 1e-9 and rr.abs().max() < 1e-9  # float64: only rounding separates policy and reference
     assert (pc < 0).all() and (pr < 0).all()  # real log-probs, not zeros
 
 
@@ -191,7 +191,7 @@ def test_lora_reference_equals_the_initial_models_log_probs(init):
     for m in lora_layers(model).values():  # a trained adapter: the policy is no longer the base model
         torch.nn.init.normal_(m.lora_B, std=0.1)
     ref_c, ref_r = reference_logps(model, rows, tok, template, model.config.block_size, batch_size=4)
-    torch.testing.assert_close(torch.stack([ref_c, ref_r], 1).double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.stack([ref_c, ref_r], 1), expected, rtol=0, atol=1e-9)
     policy = each_pair_alone(model, tok, template, rows)
     assert (policy - expected).abs().max() > 1e-3  # the adapters are on outside lora_disabled
 
