@@ -20,7 +20,8 @@ One iteration (Schulman et al., 2015, section 6 and Appendix C), with PPO's roll
     5. adapt the reward's KL coefficient beta toward its target                     (KL controller)
 
 The policy's trainable parameters are the LoRA adapters (default) or every weight. Every logged
-update has KL_bar <= delta; ``kl`` is that KL, measured again on the parameters the step left.
+update has KL_bar <= delta; ``kl_old_new`` is that KL, measured again on the parameters the step left
+(``kl`` is the KL to the reference, as in every trainer).
 """
 from __future__ import annotations
 
@@ -213,10 +214,10 @@ def trpo(cfg: TRPOConfig) -> dict:
             **rollout_metrics(rollout, raw, task),
             "reward/total": float(rewards.sum(-1).mean()),
             "reward/kl_penalty": float(-beta * seq_kl.mean()),
-            "kl_ref": float(seq_kl.mean()),
+            "kl": float(seq_kl.mean()),  # to the reference, as every trainer logs it
             "kl_coef": beta,
             "entropy": float(entropy),
-            **stats,
+            **{("kl_old_new" if k == "kl" else k): v for k, v in stats.items()},  # the trust-region KL
             **critic_stats,
             **timer.as_metrics(),
         }

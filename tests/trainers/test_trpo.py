@@ -61,8 +61,8 @@ def test_trpo_runs_logs_its_metrics_and_every_step_stays_in_the_trust_region(sft
     result = trpo(cfg)
     rows = read_metrics(tmp_path / "trpo" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    for key in ("kl", "step_frac", "backtracks", "cg_residual", "improvement", "expected_improvement",
-                "reward/score", "kl_ref", "entropy", "response_length", "eos_share", "train/accuracy",
+    for key in ("kl_old_new", "step_frac", "backtracks", "cg_residual", "improvement", "expected_improvement",
+                "reward/score", "kl", "entropy", "response_length", "eos_share", "train/accuracy",
                 "time/generation", "time/scoring", "time/update"):
         assert all(key in r for r in rows[1:]), key
     if cfg.advantage == "gae":
@@ -70,11 +70,11 @@ def test_trpo_runs_logs_its_metrics_and_every_step_stays_in_the_trust_region(sft
     assert "eval/accuracy" in rows[3] and "eval/accuracy" in result
     assert len(seen) == 3
     for row, (kl_measured, kl_reported) in zip(rows[1:], seen):
-        assert row["kl"] == kl_reported
+        assert row["kl_old_new"] == kl_reported
         assert kl_measured == pytest.approx(kl_reported, rel=1e-3, abs=1e-7)
         assert kl_measured <= cfg.max_kl * (1 + 1e-4)
         if row["step_frac"] > 0:  # an accepted step moved the policy and improved the surrogate
-            assert row["kl"] > 0 and row["improvement"] > 0
+            assert row["kl_old_new"] > 0 and row["improvement"] > 0
     assert any(r["step_frac"] > 0 for r in rows[1:])
 
 
@@ -96,7 +96,7 @@ def test_a_rejected_line_search_restores_the_parameters(sft_model, tmp_path, mon
     assert checks == [True, True]
     rows = read_metrics(tmp_path / "rejected" / "metrics.jsonl")[1:]
     for r in rows:
-        assert r["step_frac"] == 0 and r["backtracks"] == 3 and r["kl"] == 0.0 and r["improvement"] == 0.0
+        assert r["step_frac"] == 0 and r["backtracks"] == 3 and r["kl_old_new"] == 0.0 and r["improvement"] == 0.0
         assert r["expected_improvement"] > 0  # a step was proposed, and refused
     trained, *_ = load_model(tmp_path / "rejected" / "model")
     start, *_ = load_model(sft_model)
