@@ -58,8 +58,9 @@ class Rollout:
 
 @torch.no_grad()
 def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> Rollout:
-    """Generate one response per prompt with the KV cache and lay the batch out as a ``Rollout``.
+           generator: torch.Generator | None = None, num_samples: int = 1) -> Rollout:
+    """Generate ``num_samples`` responses per prompt with the KV cache and lay the batch out as a
+    ``Rollout``: rows b*G .. b*G + G-1 answer prompt b, whose KV cache is prefilled once.
 
     The pad token must differ from EOS so that the model learns to stop: after EOS a row holds
     pad tokens, masked out everywhere.
@@ -75,8 +76,12 @@ def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int,
     P = ids.size(1)
     was_training = policy.training
     out = policy.generate(ids, max_new_tokens, temperature=temperature, eos_token_id=tokenizer.eos_id,
-                          pad_token_id=tokenizer.pad_id, attention_mask=prompt_mask, generator=generator)
+                          pad_token_id=tokenizer.pad_id, attention_mask=prompt_mask, generator=generator,
+                          num_samples=num_samples)
     policy.train(was_training)
+    if num_samples > 1:
+        ids, prompt_mask = ids.repeat_interleave(num_samples, 0), prompt_mask.repeat_interleave(num_samples, 0)
+        prompts = [p for p in prompts for _ in range(num_samples)]
     response = out[:, P:]  # (B, R)
     is_eos = response == tokenizer.eos_id
     ended = is_eos.any(-1)

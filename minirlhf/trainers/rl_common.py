@@ -36,37 +36,14 @@ def draw_prompts(prompts: list[str], n: int, generator: torch.Generator) -> list
     return [prompts[i] for i in idx]
 
 
-class GroupedPrompts(nn.Module):
-    """The policy as ``rollout.sample`` sees it when its prompt list holds every prompt G times in a
-    row: ``generate`` prefills rows 0, G, 2G, ... once and decodes G samples from copies of each
-    prompt's KV cache (``GPT.generate(num_samples=G)``), which returns the very tokens ``generate``
-    on all the rows would, for the same generator state."""
-
-    def __init__(self, policy: nn.Module, group_size: int):
-        super().__init__()
-        self.policy = policy
-        self.group_size = group_size
-        self.train(policy.training)  # sample() restores this mode on the wrapped policy
-
-    def generate(self, idx, max_new_tokens, attention_mask=None, **kwargs):
-        G = self.group_size
-        N, T = idx.shape
-        if N % G or not bool((idx.view(N // G, G, T) == idx[::G, None]).all()):
-            raise ValueError(f"expected each prompt repeated group_size={G} times in consecutive rows")
-        return self.policy.generate(idx[::G], max_new_tokens, attention_mask=attention_mask[::G],
-                                    num_samples=G, **kwargs)
-
-
 def sample_groups(policy, tokenizer, template, prompts: list[str], group_size: int, max_new_tokens: int,
                   temperature: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
     """``group_size`` responses to each prompt, as one Rollout of len(prompts) * group_size rows in which
     rows b*G .. b*G + G - 1 answer prompt b (the layout group_advantages and rloo_advantages expect).
-    Each prompt is prefilled once."""
+    Each prompt is prefilled once (``GPT.generate(num_samples=G)``)."""
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size: expected an int >= 1, got {group_size!r}")
-    repeated = [p for p in prompts for _ in range(group_size)]
-    return sample(GroupedPrompts(policy, group_size), tokenizer, template, repeated, max_new_tokens, temperature,
-                  generator)
+    return sample(policy, tokenizer, template, prompts, max_new_tokens, temperature, generator, num_samples=group_size)
 
 
 def score_rollout(scorer, rollout: Rollout, task, missing_eos_penalty: float | None):
