@@ -65,8 +65,8 @@ class RewardConfig:
     ties: bool = field(default=False, metadata={"help": "Davidson ties: tie rows keep their label, log nu learned"})
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     freeze_backbone: bool = field(default=False, metadata={"help": "train the scalar head only"})
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=20, weight_decay=0.0))
-    epochs: float = 2.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=20, weight_decay=0.1))
+    epochs: float = 3.0
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: from epochs)"})
     batch_size: int = field(default=32, metadata={"help": "pairs (or rankings) per optimizer step"})
     max_len: int = field(default=0, metadata={"help": "longest sequence (0: the model's block_size)"})
