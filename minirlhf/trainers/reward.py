@@ -119,10 +119,25 @@ def _sequences(row: dict) -> list[dict]:
     return [{"prompt": row["prompt"], "response": r} for r in responses]
 
 
+def row_lines(path, errors: list[DataError]) -> list[int]:
+    """The 1-based line number of each row read_jsonl returned: its non-blank lines, in order, less
+    the lines of the bad rows it skipped (a UTF-8 byte-order mark on line 1 ignored, as it does)."""
+    bad = {e.line for e in errors}
+    lines = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if raw.strip(b" \t\r\n") and lineno not in bad:
+                lines.append(lineno)
+    return lines
+
+
 def encodable_rows(tokenizer, template, rows: list[dict], max_len: int, truncation: str, on_bad_row: str,
-                   source: str = "") -> tuple[list[dict], list[DataError]]:
+                   source=None, lines: list[int] | None = None) -> tuple[list[dict], list[DataError]]:
     """The rows whose every sequence the tokenizer can encode within ``max_len`` (after
-    ``truncation``), and a DataError for each other row; with on_bad_row="raise" the first raises."""
+    ``truncation``), and a DataError for each other row, naming ``source`` and the row's line in
+    it (or its index); with on_bad_row="raise" the first one raises."""
     kept, errors = [], []
     for i, row in enumerate(rows):
         try:
@@ -133,8 +148,10 @@ def encodable_rows(tokenizer, template, rows: list[dict], max_len: int, truncati
                 else:
                     collate_preferences(tokenizer, template, [row], max_len, truncation)
         except DataError as e:
-            where = f"valid row {i} (0-based)"
-            err = DataError(e.reason, file=f"{source}: {where}" if source else where, field=e.field)
+            if source is not None and lines is not None:
+                err = DataError(e.reason, file=str(source), line=lines[i], field=e.field)
+            else:
+                err = DataError(e.reason, row=i, field=e.field)
             if on_bad_row == "raise":
                 raise err from None
             errors.append(err)
@@ -154,7 +171,7 @@ def load_split(path, kind, tokenizer, template, cfg: RewardConfig, max_len: int)
     """Rows of one file that parse and encode, and how many were skipped."""
     rows, bad = read_rows(path, kind, cfg.on_bad_row)
     rows, unencodable = encodable_rows(tokenizer, template, rows, max_len, cfg.truncation, cfg.on_bad_row,
-                                       source=str(path))
+                                       source=path, lines=row_lines(path, bad))
     _report_skipped(path, bad + unencodable)
     if not rows:
         raise ValueError(f"{path}: no usable {kind} rows ({len(bad) + len(unencodable)} skipped as bad)")

@@ -178,20 +178,29 @@ def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(init, data,
         assert torch.equal(x, y), name
 
 
-def test_bad_rows_are_skipped_and_counted_or_raise(init, tmp_path):
+def test_bad_rows_are_skipped_and_counted_or_raise(init, tmp_path, capsys):
     good = pairs("train", 6)
     long_answer = " " + "1" * 30  # longer than block_size 24
-    bad = [dict(good[0], rejected=good[0]["chosen"]),   # chosen == rejected
-           dict(good[1], rejected=""),                  # empty response
-           dict(good[2], prob=1.5),                     # prob outside [0, 1]
-           dict(good[3], rejected=" 1x"),               # a character the tokenizer does not have
-           dict(good[4], rejected=long_answer)]         # too long for the model
-    lines = [json.dumps(r) for r in good[:3]] + [json.dumps(r) for r in bad] + [json.dumps(r) for r in good[3:]]
+    bad = [dict(good[0], rejected=good[0]["chosen"]),   # line 5: chosen == rejected
+           dict(good[1], rejected=""),                  # line 6: empty response
+           dict(good[2], prob=1.5),                     # line 7: prob outside [0, 1]
+           dict(good[3], rejected=" 1x"),               # line 8: a character the tokenizer does not have
+           dict(good[4], rejected=long_answer)]         # line 9: too long for the model
+    lines = [json.dumps(r) for r in good[:3]] + [""] + [json.dumps(r) for r in bad + good[3:]]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     result = train_reward_model(rm_cfg(init, tmp_path, tmp_path / "skip", steps=2, test_file=""))
     assert result["data/skipped_train"] == 5 and result["data/train_rows"] == 6
-    with pytest.raises(DataError, match=r"train\.jsonl:4: field \"rejected\""):
+    report = capsys.readouterr().err
+    assert "skipped 5 bad row(s)" in report
+    for line, field in ((5, '"rejected"'), (6, '"rejected"'), (7, '"prob"')):
+        assert f"train.jsonl:{line}: field {field}" in report
+    assert "train.jsonl:8: cannot encode" in report and "train.jsonl:9: rejected: 43 tokens" in report
+    with pytest.raises(DataError, match=r"train\.jsonl:5: field \"rejected\": equal to \"chosen\""):
         train_reward_model(rm_cfg(init, tmp_path, tmp_path / "raise", steps=2, test_file="", on_bad_row="raise"))
+    (tmp_path / "x.jsonl").write_text("\n".join(json.dumps(r) for r in good[:1] + bad[3:4]) + "\n")
+    with pytest.raises(DataError, match=r"x\.jsonl:2: cannot encode"):
+        train_reward_model(rm_cfg(init, tmp_path, tmp_path / "raise2", steps=2, test_file="", on_bad_row="raise",
+                                  train_file=str(tmp_path / "x.jsonl")))
     (tmp_path / "only_bad.jsonl").write_text("\n".join(json.dumps(r) for r in bad[:3]) + "\n")
     with pytest.raises(ValueError, match="no usable preference rows"):
         train_reward_model(rm_cfg(init, tmp_path, tmp_path / "none", steps=2, test_file="",
