@@ -4,7 +4,7 @@ compare every pair, and write the comparisons a reward model (or DPO) trains on.
 This is step 2 of InstructGPT's recipe (Ouyang et al., 2022, section 3.4): "labelers rank K
 outputs to a prompt; the ranking gives K(K-1)/2 comparisons". Here the labeler is a judge from
 minirlhf.judges: the task's gold check, the instruct heuristic, or a panel of noisy annotators
-over either. Sampling runs at a temperature above 1 (default 1.2) so that the K samples of one
+over the task's check. Sampling runs at a temperature above 1 (default 1.2) so that the K samples of one
 prompt differ often enough to be compared.
 
 Output, in ``<out>/``:
