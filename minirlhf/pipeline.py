@@ -52,15 +52,11 @@ class PipelineConfig:
 RECIPES = {
     "arithmetic": {
         "task_args": ["max_operand=49", "pretrain_format=qa", "pretrain_repeats=2"],
-        "pretrain": {"steps": 1500, "batch_size": 64, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
+        "pretrain": {"steps": 2000, "batch_size": 32, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
         "sft": {"epochs": 2.0, "lora": {"enabled": True, "r": 16, "alpha": 32}},
-        "collect": {"n_prompts": 1000, "k": 4},
-        "rm": {"epochs": 2.0},
-        "ppo": {"iterations": 60},
-        "trpo": {"iterations": 40},
-        "grpo": {"iterations": 40},
-        "rloo": {"iterations": 40},
-        "dpo": {"epochs": 2.0},
+        "collect": {"k": 8, "temperature": 1.5},
+        "rm": {"batch_size": 128, "epochs": 3.0, "optim": {"lr": 1e-3}, "eval_every": 200},
+        "dpo": {"epochs": 1.0},
     },
     "instruct": {
         "task_args": [],

@@ -227,9 +227,9 @@ class ArithmeticTask(Task):
 
         return CharTokenizer(ALPHABET)
 
-    def pretrain_text(self) -> str:
-        """Correct facts of the training questions, one per line: "27+15=42\\n" (or, with
-        pretrain_format="qa", "Q: 27+15=\\nA: 42\\n").
+    def pretrain_documents(self) -> list[str]:
+        """Correct facts of the training questions, one document each: "27+15=42" (or, with
+        pretrain_format="qa", "Q: 27+15=\nA: 42").
 
         `pretrain_repeats` passes, each in a fresh seeded order; with pretrain_held_out the
         held-out facts are included too.
@@ -238,11 +238,15 @@ class ArithmeticTask(Task):
         if self.config.pretrain_held_out:
             facts += self._held_out
         rng = random.Random(f"{self.config.seed}:pretrain")
-        lines = []
+        docs = []
         for _ in range(self.config.pretrain_repeats):
             rng.shuffle(facts)
-            lines += [fact_line(a, op, b, self.config.pretrain_format) for a, op, b in facts]
-        return "\n".join(lines) + "\n"
+            docs += [fact_line(a, op, b, self.config.pretrain_format) for a, op, b in facts]
+        return docs
+
+    def pretrain_text(self) -> str:
+        """The documents of `pretrain_documents`, one per line."""
+        return "\n".join(self.pretrain_documents()) + "\n"
 
     def demonstration(self, a: int, op: str, b: int, rng: random.Random) -> str:
         """One demonstration: the forgotten answer with probability mistake_rate when the

@@ -3,6 +3,7 @@
 A task bundles everything an end-to-end RLHF run needs besides the algorithms:
 
     pretrain_text()      a plain-text corpus to pretrain a base model from scratch
+    pretrain_documents() the same corpus as separate documents
     build_tokenizer()    a deterministic tokenizer for that corpus
     sft_rows(split)      demonstrations {"prompt", "response"} for supervised fine-tuning
     prompts(split)       prompts for sampling ("train") and held-out evaluation ("test")
@@ -86,6 +87,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def pretrain_text(self) -> str:
         """A plain-text corpus for pretraining the task's base model from scratch."""
+
+    def pretrain_documents(self) -> list[str]:
+        """The corpus as separate documents (the pretrainer wraps each in BOS ... EOS, as GPT-2's
+        <|endoftext|> separates documents). Default: paragraphs of `pretrain_text` (blank-line
+        separated)."""
+        return [d.strip() for d in self.pretrain_text().split("\n\n") if d.strip()]
 
     @abc.abstractmethod
     def sft_rows(self, split: str = "train") -> list[dict]:

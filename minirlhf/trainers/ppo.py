@@ -43,13 +43,13 @@ from minirlhf.trainers.rl_common import draw_prompts, evaluate, policy_and_refer
 
 @dataclass
 class KLConfig:
-    coef: float = field(default=0.05, metadata={"help": "initial beta of the KL penalty"})
+    coef: float = field(default=0.1, metadata={"help": "initial beta of the KL penalty"})
     estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={"help": "per-token KL estimate"})
     where: Literal["reward", "loss"] = field(default="reward",
                                              metadata={"help": "penalty in the per-token reward, or a loss term"})
     adaptive: bool = field(default=True, metadata={"help": "Ziegler et al.'s controller toward target"})
     target: float = field(default=1.0, metadata={"help": "target KL per response (nats, summed over tokens)"})
-    horizon: int = field(default=2000, metadata={"help": "controller horizon (in rollouts)"})
+    horizon: int = field(default=500, metadata={"help": "controller horizon (in rollouts)"})
 
 
 @dataclass

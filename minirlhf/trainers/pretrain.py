@@ -1,5 +1,7 @@
 """Pretraining: next-token prediction on a task's plain-text corpus, from scratch.
 
+The corpus is a stream of documents, each wrapped in BOS ... EOS.
+
     L(theta) = - (1/N) sum_t log pi_theta(x_t | x_<t)          (Radford et al., 2018, eq. 1)
 
 Batches are random windows of ``block_size`` tokens from the token stream, drawn with a
@@ -42,6 +44,15 @@ def auto_block_size(task, tokenizer, template) -> int:
     return max(64, 32 * -(-need // 32))
 
 
+def document_stream(tokenizer, documents: list[str]) -> list[int]:
+    """One token stream of BOS doc EOS BOS doc EOS ...: the model learns where documents start and
+    stop, and the special tokens' embeddings are trained before fine-tuning relies on them."""
+    stream = []
+    for doc in documents:
+        stream += tokenizer.encode(doc, add_bos=True, add_eos=True)
+    return stream
+
+
 def random_windows(tokens: torch.Tensor, batch_size: int, length: int, generator: torch.Generator):
     """``batch_size`` windows of ``length`` consecutive tokens; each predicts its own next tokens."""
     starts = torch.randint(0, len(tokens) - length + 1, (batch_size,), generator=generator)
@@ -66,8 +77,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     run = TrainingRun(cfg.run, cfg, name="pretrain", total_steps=cfg.steps)
     task, task_record = resolve_task(cfg.task)
     tokenizer, template = task.build_tokenizer(), task.template()
-    text = task.pretrain_text()
-    tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    tokens = torch.tensor(document_stream(tokenizer, task.pretrain_documents()), dtype=torch.long)
 
     m = cfg.model
     block_size = m.block_size or auto_block_size(task, tokenizer, template)
