@@ -231,6 +231,23 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """F.linear on a plain nn.Linear's tensors (no module-call overhead); any other module
+    (a LoRA wrapper) is called as it is."""
+    if type(module) is nn.Linear:
+        return F.linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw from each row of probs (B,V) by inverting the CDF: the first token whose cumulative
+    probability exceeds u ~ U[0, total mass). A token of probability 0 is never drawn. (B,) long.
+    (Cheaper per step than torch.multinomial, which matters in a decode loop of tiny matmuls.)"""
+    cdf = probs.cumsum(-1)  # (B,V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +352,52 @@ class GPT(nn.Module):
         cache.length += idx.size(1)
         return self.lm_head(self.ln_f(x[:, -1, :]))
 
+    def _fused_qkv(self) -> list:
+        """Per layer, the query, key and value weights stacked into one (3C, C) matrix for the decode
+        loop (one matmul instead of three); None for a layer whose projections are wrapped (LoRA),
+        which then runs its modules as they are. Built once per ``generate`` call."""
+        fused = []
+        for block in self.h:
+            a = block.attn
+            projs = (a.q_proj, a.k_proj, a.v_proj)
+            if all(type(p) is nn.Linear for p in projs):
+                bias = torch.cat([p.bias for p in projs]) if a.q_proj.bias is not None else None
+                fused.append((torch.cat([p.weight for p in projs]), bias))
+            else:
+                fused.append(None)
+        return fused
+
+    def _decode_step(self, tok, pos, key_ok, cache: KVCache, fused: list):
+        """``_step`` for one new token per row, written with functional calls: the same arithmetic
+        as the modules (tested equal), with less per-token overhead. tok, pos (N,1); key_ok
+        (N,1,1,L+1) bool or None (no padding anywhere). Returns the next-token logits (N,V)."""
+        N = tok.size(0)
+        C, H = self.config.n_embd, self.config.n_head
+        D, L = C // H, cache.length
+        x = F.embedding(tok, self.wte.weight) + F.embedding(pos, self.wpe.weight)  # (N,1,C)
+        for i, block in enumerate(self.h):
+            a, mlp = block.attn, block.mlp
+            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+            if fused[i] is not None:
+                q, k, v = F.linear(h, *fused[i]).split(C, dim=-1)
+            else:
+                q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
+            cache.k[i][:, :, L] = k.view(N, H, D)
+            cache.v[i][:, :, L] = v.view(N, H, D)
+            q = q.view(N, 1, H, D).transpose(1, 2)  # (N,H,1,D)
+            keys, values = cache.k[i][:, :, : L + 1], cache.v[i][:, :, : L + 1]
+            if a.impl == "sdpa":
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=key_ok)
+            else:
+                y = reference_attention(q, keys, values, key_ok if key_ok is not None
+                                        else torch.ones(1, 1, 1, L + 1, dtype=torch.bool, device=q.device))
+            x = x + _linear(a.c_proj, y.transpose(1, 2).reshape(N, 1, C))
+            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+            x = x + _linear(mlp.c_proj, F.gelu(_linear(mlp.c_fc, h), approximate=mlp.gelu.approximate))
+        cache.length += 1
+        x = F.layer_norm(x[:, -1, :], (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return _linear(self.lm_head, x)
+
     @torch.no_grad()
     def generate(
         self,
@@ -400,16 +463,19 @@ class GPT(nn.Module):
             if G > 1:  # every prompt's cache and next-token logits, copied to its G rows
                 cache = cache.repeat_interleave(G)
                 logits = logits.repeat_interleave(G, dim=0)  # (N,V)
-            key_ok = mask.bool()[:, None, None, :]  # (N,1,1,total)
+            # padded keys to mask out; None when there is no padding (SDPA then needs no mask)
+            key_ok = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # (N,1,1,total)
+            fused = self._fused_qkv()
 
         for t in range(T, total):
             if not use_cache:
                 logits = self(out[:, :t], mask[:, :t])[:, -1, :]
             elif t > T:
-                logits = self._step(out[:, t - 1 : t], pos_all[:, t - 1 : t], key_ok[..., :t], cache)
+                logits = self._decode_step(out[:, t - 1 : t], pos_all[:, t - 1 : t],
+                                           None if key_ok is None else key_ok[..., :t], cache, fused)
             nxt = self._sample(logits, temperature, top_k, top_p, generator)  # (N,)
             if eos_token_id is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
+                nxt = nxt.masked_fill(finished, pad_token_id)
                 finished = finished | (nxt == eos_token_id)
             out[:, t] = nxt
             if eos_token_id is not None and bool(finished.all()):
@@ -428,8 +494,7 @@ class GPT(nn.Module):
             logits = top_k_filter(logits, top_k)
         if top_p is not None:
             logits = top_p_filter(logits, top_p)
-        probs = torch.softmax(logits.float(), dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return sample_categorical(torch.softmax(logits.float(), dim=-1), generator)
 
     # -- GPT-2 import --------------------------------------------------------------------------
 

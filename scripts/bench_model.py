@@ -68,15 +68,27 @@ def bench_train(cfg: GPTConfig, batch: int, repeats: int) -> dict:
     return {"tokens_per_s": tokens / t, "gflops": train_flops_per_token(cfg, T) * tokens / t / 1e9}
 
 
-def bench_generate(cfg: GPTConfig, batch: int, use_cache: bool, repeats: int,
-                   prompt_len: int = 16, new: int = 64) -> float:
+def bench_generate(cfg: GPTConfig, batch: int, repeats: int, prompt_len: int = 16, new: int = 64) -> dict:
+    """Cached and uncached generation timed in alternating pairs (so drift in the machine's speed
+    hits both alike); tokens/s medians and the median of the per-pair speed-ups."""
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     x = torch.randint(0, cfg.vocab_size, (batch, prompt_len))
-    g = torch.Generator().manual_seed(0)
-    t = median_time(lambda: model.generate(x, new, temperature=1.0, generator=g, use_cache=use_cache),
-                    repeats, warmup=1)
-    return batch * new / t
+
+    def run(use_cache):
+        g = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        model.generate(x, new, temperature=1.0, generator=g, use_cache=use_cache)
+        return time.perf_counter() - t0
+
+    run(True), run(False)  # warm-up
+    cached, uncached = [], []
+    for _ in range(repeats):
+        cached.append(run(True))
+        uncached.append(run(False))
+    tokens = batch * new
+    return {"cached": tokens / statistics.median(cached), "uncached": tokens / statistics.median(uncached),
+            "speedup": statistics.median(u / c for c, u in zip(cached, uncached))}
 
 
 def main(argv=None):
@@ -96,10 +108,9 @@ def main(argv=None):
         print(f"{name:5s} train  batch {batch:2d} x {cfg.block_size}: {tr['tokens_per_s']:8.0f} tok/s  "
               f"{tr['gflops']:6.1f} GFLOP/s = {tr['gflops'] / base:5.1%} of matmul")
         for b in (1, 16):
-            cached = bench_generate(cfg, b, True, args.repeats)
-            uncached = bench_generate(cfg, b, False, max(1, args.repeats // 2))
-            print(f"{name:5s} generate batch {b:2d}: cached {cached:8.0f} tok/s  uncached {uncached:8.0f} tok/s"
-                  f"  speed-up {cached / uncached:5.1f}x")
+            g = bench_generate(cfg, b, args.repeats)
+            print(f"{name:5s} generate batch {b:2d}: cached {g['cached']:8.0f} tok/s  uncached {g['uncached']:8.0f} "
+                  f"tok/s  speed-up {g['speedup']:5.1f}x (median of paired runs)")
 
 
 if __name__ == "__main__":

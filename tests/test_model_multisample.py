@@ -97,13 +97,17 @@ def test_the_prompt_is_prefilled_once():
     m = tiny()
     idx, mask = left_padded_prompts()
     calls = []
-    original = m._step
+    prefill, decode = m._step, m._decode_step
 
-    def spy(ids, pos, allowed, cache):
+    def spy_prefill(ids, pos, allowed, cache):
         calls.append(tuple(ids.shape))
-        return original(ids, pos, allowed, cache)
+        return prefill(ids, pos, allowed, cache)
 
-    m._step = spy
+    def spy_decode(ids, pos, key_ok, cache, fused):
+        calls.append(tuple(ids.shape))
+        return decode(ids, pos, key_ok, cache, fused)
+
+    m._step, m._decode_step = spy_prefill, spy_decode
     G, new = 4, 6
     m.generate(idx, new, temperature=0, attention_mask=mask, num_samples=G)  # no EOS: all steps run
     assert calls == [(3, 7)] + [(3 * G, 1)] * (new - 1)
