@@ -1,5 +1,4 @@
 """Scalar heads read the right token; model folders round-trip (LoRA saved merged)."""
-import copy
 
 import pytest
 import torch

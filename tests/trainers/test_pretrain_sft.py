@@ -1,5 +1,4 @@
 """Pretraining and SFT end to end on a tiny model, and exact resume."""
-import json
 
 import pytest
 import torch
