@@ -16,7 +16,6 @@ A trainer reads like this:
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn as nn
 from minirlhf.checkpoint import CheckpointManager, load_state, load_tensors, save_state, save_tensors
 from minirlhf.config import save_config
 from minirlhf.device import autocast, resolve_device, rng_state, seed_everything, set_rng_state, set_threads
+from minirlhf.distributed import barrier, init_distributed
 from minirlhf.logger import MetricsLogger
 
 
@@ -134,16 +134,19 @@ class TrainingRun:
     tracked by name; together with every RNG state and the step, that is a whole checkpoint.
     """
 
-    def __init__(self, run: RunConfig, config, name: str, total_steps: int | None = None,
-                 is_main: bool = True):
+    def __init__(self, run: RunConfig, config, name: str, total_steps: int | None = None):
         self.cfg = run
         self.name = name
-        self.is_main = is_main
         self.out = Path(run.out)
         if run.threads > 0:
             set_threads(run.threads)
-        self.device = resolve_device(run.device)
-        seed_everything(run.seed)
+        device = resolve_device(run.device)
+        self.dist = init_distributed(device)  # a single process unless launched by torchrun
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
+        self.is_main = is_main = self.dist.is_main
+        seed_everything(run.seed)  # the same on every rank: identical initial weights and data order
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=run.keep_last)
         self._tracked: dict[str, object] = {}
         self._generators: dict[str, torch.Generator] = {}
@@ -229,23 +232,14 @@ class TrainingRun:
 
     def close(self) -> None:
         self.logger.close()
+        barrier(self.dist)
+
+    def rank_seed(self, offset: int = 0) -> int:
+        """A seed of this run for a random stream that must differ between ranks (sampling)."""
+        return self.cfg.seed + offset + 1_000_003 * self.dist.rank
 
     def model_dir(self) -> Path:
         return self.out / "model"
-
-
-def summarize(rows: list[dict], keys: list[str]) -> dict:
-    """The last logged value of each key (for a trainer's return value)."""
-    out = {}
-    for row in rows:
-        for k in keys:
-            if k in row:
-                out[k] = row[k]
-    return out
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 # ---------------------------------------------------------------------------------------------

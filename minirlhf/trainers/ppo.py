@@ -26,13 +26,15 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_whiten, loss_scale,
+                                  shard)
 from minirlhf.heads import ScalarHead
 from minirlhf.lora import lora_disabled, trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, AdaptiveKLPenalty, FixedKLController, batch_normalized_advantages,
                                  broadcast_to_tokens, entropy_from_logits, explained_variance, gae, kl_estimate,
                                  kl_penalized_rewards, logprobs_from_logits, masked_mean, ppo_penalty_loss,
-                                 ppo_policy_loss, value_loss, whiten)
+                                 ppo_policy_loss, value_loss)
 from minirlhf.rollout import RewardModelScorer, Rollout, VerifierScorer, response_logprobs, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.tokenizer import check_same_tokenizer
@@ -127,29 +129,38 @@ def reference_logprobs(policy, ref_model, rollout: Rollout, temperature: float) 
         return response_logprobs(ref_model, rollout, temperature)
 
 
-def compute_advantages(cfg: PPOConfig, rewards, values, mask):
+def compute_advantages(cfg: PPOConfig, rewards, values, mask, d: DistInfo = SINGLE):
     """GAE advantages (whitened) and returns; or, without a critic, the batch-normalised sequence
-    reward broadcast to every token (returns are then None)."""
+    reward broadcast to every token (returns are then None). Statistics are over the global batch
+    (every rank's rollouts) when distributed."""
     if cfg.advantage == "batch_norm":
         seq = (rewards * mask).sum(-1)  # (B,)
-        return broadcast_to_tokens(batch_normalized_advantages(seq), mask), None
+        if not d.enabled:
+            return broadcast_to_tokens(batch_normalized_advantages(seq), mask), None
+        return broadcast_to_tokens(global_whiten(seq, torch.ones_like(seq), d, eps=1e-12), mask), None
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
-        advantages = whiten(advantages, mask) * mask
+        advantages = global_whiten(advantages, mask, d)
     return advantages, returns
 
 
 def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, advantages, returns, ref_logprobs,
-               kl_coef: float, penalty: AdaptiveKLPenalty | None, generator, run: TrainingRun, iteration: int) -> dict:
-    """``ppo_epochs`` passes over the rollout in shuffled minibatches. Returns the mean statistics."""
+               kl_coef: float, penalty: AdaptiveKLPenalty | None, generator, run: TrainingRun, iteration: int,
+               d: DistInfo = SINGLE) -> dict:
+    """``ppo_epochs`` passes over the rollout in shuffled minibatches. Returns the mean statistics.
+
+    Distributed, each rank holds its share of the rollouts and takes minibatch_size / world_size of
+    them per step; its token-mean loss is scaled by its share of the minibatch's tokens and the
+    gradients are averaged, which is the gradient of the token mean over the global minibatch."""
     B = rollout.batch_size
+    per_rank = max(1, cfg.minibatch_size // d.world_size)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     stats = {k: [] for k in ("loss/policy", "loss/value", "entropy", "clipfrac", "approx_kl", "grad_norm")}
     stop = False
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator)
-        for start in range(0, B, cfg.minibatch_size):
-            idx = order[start : start + cfg.minibatch_size]
+        for start in range(0, B, per_rank):
+            idx = order[start : start + per_rank]
             mb = rollout.select(idx)
             m = mb.mask
             logits, values = ac(mb, cfg.temperature)
@@ -168,7 +179,8 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
                 loss = loss + kl_coef * masked_mean(kl_estimate(logp, ref_logprobs[idx], cfg.kl.estimator), m)
             run.check_finite(iteration, loss=loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(float(m.sum()), d)).backward()
+            all_reduce_gradients(params, d)
             grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
             run.check_finite(iteration, grad_norm=grad_norm)
             optimizer.step()
@@ -177,12 +189,12 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
             stats["clipfrac"].append(float(s.get("clipfrac", 0.0)))
             stats["approx_kl"].append(float(s["approx_kl"]))
             stats["grad_norm"].append(float(grad_norm))
-            if cfg.target_approx_kl > 0 and float(s["approx_kl"]) > cfg.target_approx_kl:
+            if cfg.target_approx_kl > 0 and global_mean(float(s["approx_kl"]), d) > cfg.target_approx_kl:
                 stop = True
                 break
         if stop:
             break
-    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    out = {k: global_mean(sum(v) / len(v), d) for k, v in stats.items() if v}
     out["ppo_epochs_done"] = epoch + 1
     if penalty is not None:
         penalty.update(out["approx_kl"])
@@ -225,8 +237,12 @@ def ppo(cfg: PPOConfig) -> dict:
     kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
               else FixedKLController(cfg.kl.coef))
     penalty = AdaptiveKLPenalty(cfg.penalty_beta, cfg.penalty_target) if cfg.policy_loss == "penalty" else None
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)
+    d = run.dist
+    if cfg.batch_size % d.world_size or cfg.minibatch_size % d.world_size:
+        raise ValueError(f"batch_size ({cfg.batch_size}) and minibatch_size ({cfg.minibatch_size}) must be "
+                         f"multiples of the number of processes ({d.world_size})")
+    gen = torch.Generator(device=device).manual_seed(run.rank_seed())  # each rank samples its own responses
+    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global prompt draws on every rank
     for name, obj in (("actor_critic", ac), ("optimizer", optimizer), ("kl_controller", kl_ctl)):
         run.track(name, obj)
     if penalty is not None:
@@ -243,13 +259,13 @@ def ppo(cfg: PPOConfig) -> dict:
     timer = Timer()
     t0 = time.perf_counter()
     last_eval = {}
-    if start == 0:
+    if start == 0 and run.is_main:
         last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
         run.log(0, dict(last_eval))
     for it in range(start + 1, cfg.iterations + 1):
         timer.reset()
         optimizer.param_groups[0]["lr"] = lr_at(it, cfg.iterations, cfg.optim)  # the policy's group
-        prompts = draw_prompts(train_prompts, cfg.batch_size, shuffle_gen)
+        prompts = shard(draw_prompts(train_prompts, cfg.batch_size, shuffle_gen), d)  # this rank's share
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
@@ -263,30 +279,31 @@ def ppo(cfg: PPOConfig) -> dict:
                                                beta if cfg.kl.where == "reward" else 0.0, cfg.kl.estimator)
             if cfg.kl.where == "loss":
                 kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * rollout.mask
-            advantages, returns = compute_advantages(cfg, rewards, values, rollout.mask)
+            advantages, returns = compute_advantages(cfg, rewards, values, rollout.mask, d)
         with timer("update"):
             stats = ppo_update(cfg, ac, optimizer, rollout, advantages, returns, rollout.ref_logprobs, beta,
-                               penalty, shuffle_gen, run, it)
+                               penalty, shuffle_gen, run, it, d)
         seq_kl = kl.sum(-1)  # (B,) the same quantity the penalty used, per response
-        kl_ctl.update(float(seq_kl.mean()), cfg.batch_size)
-        metrics = {
+        kl_ctl.update(global_mean(float(seq_kl.mean()), d), cfg.batch_size)
+        local = {
             **rollout_metrics(rollout, raw, task),
             "reward/total": float(rewards.sum(-1).mean()),
             "reward/kl_penalty": float(-(beta if cfg.kl.where == "reward" else 0.0) * seq_kl.mean()),
             "kl": float(seq_kl.mean()),
-            "kl_coef": beta,
-            **stats,
-            **timer.as_metrics(),
         }
         if values is not None and returns is not None:
-            metrics["explained_variance"] = float(explained_variance(values, returns, rollout.mask))
-        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            local["explained_variance"] = float(explained_variance(values, returns, rollout.mask))
+        metrics = {**{k: global_mean(v, d) for k, v in local.items()}, "kl_coef": beta, **stats,
+                   **timer.as_metrics()}
+        if (it % cfg.eval_every == 0 or it == cfg.iterations) and run.is_main:
             last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
             metrics.update(last_eval)
         run.log(it, metrics)
         run.maybe_save(it, cfg.iterations)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
     save_model(run.model_dir(), policy, tokenizer, template, meta={"task": task_record, "stage": "ppo"})
     final = {**last_eval, "time": elapsed, "model": str(run.model_dir())}
     key = f"eval/{task.metric_name}"

@@ -7,14 +7,17 @@ fine-tuning, or LoRA (Hu et al., 2021) on the attention query and value projecti
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.data import collate_sft, encode_sft, load_sft
+from minirlhf.distributed import global_sum, shard
 from minirlhf.evaluation import evaluate_task, generate_responses, sample_table
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives.lm import next_token_loss
@@ -81,6 +84,28 @@ def sft_eval(model, task, tokenizer, template, eval_encoded, cfg: SFTConfig, dev
     return out
 
 
+def sft_step(forward, rows: list, pad_id: int, grad_accum: int, run: TrainingRun, step: int) -> float:
+    """Gradients of the global batch's token-mean loss: this rank's share of ``rows`` in
+    ``grad_accum`` micro-batches, each weighted by its response tokens over the global count
+    (times the world size, as DistributedDataParallel averages over ranks). Returns the loss."""
+    local = shard(rows, run.dist)
+    micro = [local[i::grad_accum] for i in range(grad_accum)]
+    batches = [collate_sft(part, pad_id) for part in micro if part]
+    counts = [float(b["loss_mask"][:, 1:].sum()) for b in batches]
+    n_global = global_sum(sum(counts), run.dist)
+    total = 0.0
+    for i, (b, n) in enumerate(zip(batches, counts)):
+        ids, mask, lmask = (b[k].to(run.device) for k in ("input_ids", "attention_mask", "loss_mask"))
+        sync = contextlib.nullcontext() if i == len(batches) - 1 or not run.dist.enabled else forward.no_sync()
+        with sync:
+            with run.autocast():
+                loss = next_token_loss(forward(ids, mask), ids, lmask) * (n / n_global * run.dist.world_size)
+            run.check_finite(step, loss=loss)
+            loss.backward()
+        total += loss.item()
+    return global_sum(total, run.dist) / run.dist.world_size
+
+
 def sft(cfg: SFTConfig) -> dict:
     """Fine-tune ``cfg.init`` on demonstrations; writes ``<out>/model`` (LoRA merged into the weights,
     the adapter alone beside it)."""
@@ -107,6 +132,7 @@ def sft(cfg: SFTConfig) -> dict:
     start, _ = run.restore()
 
     model.train()
+    forward = DDP(model) if run.dist.enabled else model  # averages gradients over ranks in backward
     order, last_eval = None, None
     t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -114,28 +140,21 @@ def sft(cfg: SFTConfig) -> dict:
         lr = lr_at(step, steps, cfg.optim)
         set_lr(opt, lr)
         rows_step, order = sft_batch(encoded, order, step, cfg.batch_size * cfg.optim.grad_accum, cfg.run.seed)
-        total = 0.0
-        micro = [rows_step[i::cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
-        for part in micro:
-            b = collate_sft(part, tokenizer.pad_id)
-            ids, mask, lmask = (b[k].to(run.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-            with run.autocast():
-                loss = next_token_loss(model(ids, mask), ids, lmask) / len(micro)
-            run.check_finite(step, loss=loss)
-            loss.backward()
-            total += loss.item()
+        loss = sft_step(forward, rows_step, tokenizer.pad_id, cfg.optim.grad_accum, run, step)
         grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
         run.check_finite(step, grad_norm=grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        metrics = {"loss": total, "lr": lr, "grad_norm": float(grad_norm)}
-        if step % cfg.eval_every == 0 or step == steps:
+        metrics = {"loss": loss, "lr": lr, "grad_norm": float(grad_norm)}
+        if (step % cfg.eval_every == 0 or step == steps) and run.is_main:
             last_eval = sft_eval(model, task, tokenizer, template, eval_encoded, cfg, run.device)
             metrics.update(last_eval)
         run.log(step, metrics)
         run.maybe_save(step, steps)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
     final = last_eval or sft_eval(model, task, tokenizer, template, eval_encoded, cfg, run.device)
     save_model(run.model_dir(), model, tokenizer, template,
                meta={"task": task_record, "stage": "sft", "trainable": trainable_summary(model)})

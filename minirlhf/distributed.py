@@ -1,0 +1,126 @@
+"""Several processes, one model: torch.distributed helpers for runs launched with ``torchrun``.
+
+    torchrun --nproc_per_node 2 -m minirlhf.cli sft --init runs/pretrain/model
+
+The backend is gloo on CPU and NCCL on GPU. Every process holds the whole model and works on its
+share of each global batch:
+
+* SFT, the reward model and DPO wrap the model in DistributedDataParallel, which averages the
+  gradients; each rank scales its loss by (its tokens / all tokens) * world size, so the average
+  is exactly the gradient of the loss over the global batch.
+* PPO, TRPO and GRPO generate their share of the rollouts on every rank and all-reduce gradients
+  (and TRPO's Hessian-vector products) by hand; advantage whitening uses global statistics.
+
+Only rank 0 logs and writes checkpoints. In a single process every helper here is a no-op, so
+the trainers have one code path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def init_distributed(device: torch.device | None = None) -> DistInfo:
+    """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK in the environment);
+    a single process when WORLD_SIZE is absent or 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+    return DistInfo(rank, world, local)
+
+
+def current() -> DistInfo:
+    """The DistInfo of an already initialised process group (SINGLE when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(t: torch.Tensor, d: DistInfo = SINGLE) -> torch.Tensor:
+    """Sum of ``t`` over ranks (in place, and returned)."""
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def global_sum(value: float, d: DistInfo = SINGLE) -> float:
+    return float(all_reduce_sum(torch.tensor(float(value), dtype=torch.float64), d))
+
+
+def global_mean(value: float, d: DistInfo = SINGLE) -> float:
+    return global_sum(value, d) / d.world_size
+
+
+def all_reduce_gradients(params, d: DistInfo = SINGLE) -> None:
+    """Average every parameter's gradient over ranks (what DistributedDataParallel does in backward)."""
+    if not d.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= d.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def loss_scale(n_local: float, d: DistInfo = SINGLE) -> float:
+    """The factor that turns a rank's mean over its n_local items into its share of the global
+    mean once gradients are averaged: n_local / n_global * world_size (1 in a single process)."""
+    if not d.enabled:
+        return 1.0
+    return n_local / global_sum(n_local, d) * d.world_size
+
+
+def shard(items: list, d: DistInfo = SINGLE) -> list:
+    """This rank's share of a global list: items rank, rank + W, rank + 2W, ..."""
+    return items[d.rank :: d.world_size] if d.enabled else items
+
+
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: DistInfo = SINGLE, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over the valid entries of every rank together (the global
+    batch), with the unbiased variance as ``objectives.whiten`` uses; 0 where mask is 0."""
+    from minirlhf.objectives import whiten
+
+    if not d.enabled:
+        return whiten(x, mask) * mask
+    m = mask.to(x.dtype)
+    stats = torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double()
+    all_reduce_sum(stats, d)
+    total, total_sq, n = stats.tolist()
+    mean = total / n
+    var = (total_sq - n * mean * mean) / max(n - 1, 1)
+    return (x - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=x.dtype)) * m
+
+
+def barrier(d: DistInfo = SINGLE) -> None:
+    if d.enabled:
+        dist.barrier()
