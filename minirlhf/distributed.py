@@ -76,6 +76,22 @@ def global_mean(value: float, d: DistInfo = SINGLE) -> float:
     return global_sum(value, d) / d.world_size
 
 
+def global_sums(values: list[float], d: DistInfo = SINGLE) -> list[float]:
+    """Each value summed over ranks, in one all-reduce (the values themselves in a single process)."""
+    if not d.enabled:
+        return [float(v) for v in values]
+    return all_reduce_sum(torch.tensor([float(v) for v in values], dtype=torch.float64), d).tolist()
+
+
+def all_gather_objects(obj, d: DistInfo = SINGLE) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; [obj] in a single process."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_gradients(params, d: DistInfo = SINGLE) -> None:
     """Average every parameter's gradient over ranks (what DistributedDataParallel does in backward)."""
     if not d.enabled:

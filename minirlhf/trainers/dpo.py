@@ -33,6 +33,13 @@ fresh pairs; the reference stays the starting model (Xu et al., 2023, "Some thin
 CRINGE than others: preference optimization with the pairwise cringe loss"; Guo et al., 2024,
 "Direct language model alignment from online AI feedback"). Each round's pairs are written to
 ``<out>/rounds/round_NNN.jsonl``, which is also how a run resumed in the middle of a round finds them.
+
+Launched by torchrun, every process holds the whole model and the whole pool (the reference
+log-probs of every pair) and takes its share of each step's pairs (rows rank, rank + W, ...); its
+summed pair losses are divided by the step's global pair count and multiplied by W, and the
+gradients are averaged over processes, which is the gradient of the mean over all the step's
+pairs. Online, each process samples its share of a round's prompts and the pairs of all of them
+are gathered on every process. Rank 0 evaluates, logs and saves.
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ from typing import Literal
 import torch
 
 from minirlhf.data import collate_preferences, load_preferences, write_jsonl
+from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects, all_reduce_gradients, global_sums
 from minirlhf.evaluation import evaluate_task, generate_responses
 from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
 from minirlhf.logger import Timer
@@ -226,20 +234,25 @@ def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossC
 
 def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOConfig, tokenizer, template,
              lr: float, device="cpu", autocast=contextlib.nullcontext, check_finite=None,
-             timer: Timer | None = None) -> dict:
+             timer: Timer | None = None, d: DistInfo = SINGLE) -> dict:
     """One optimizer step on a list of preference rows with their cached reference log-probs.
 
     Collation, one concatenated forward pass per micro-batch, backward, gradient clipping,
     AdamW; returns the step's metrics. ``timer`` (optional) records the phases "forward",
     "backward" and "optimizer"; everything else is bookkeeping. ``check_finite(**values)``
     stops on a NaN/Inf loss or gradient norm before the optimizer moves.
+
+    ``rows`` is the step's global batch; distributed, this rank takes rows rank, rank + W, ...,
+    scales its summed losses by W / len(rows) and averages the gradients over ranks, so every rank
+    ends with the gradient of the mean over all the rows (and the same metrics).
     """
     timer = timer or Timer()
     max_len = cfg.max_len or model.config.block_size
     set_lr(optimizer, lr)
     accum = max(1, cfg.optim.grad_accum)
-    n = len(rows)
-    parts = [list(range(n))[i::accum] for i in range(accum) if i < n]
+    n = len(rows)  # pairs in the global batch
+    local = list(range(n))[d.rank :: d.world_size]  # this rank's pairs
+    parts = [local[i::accum] for i in range(accum) if i < len(local)]
     sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
             "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0}
     for part in parts:
@@ -249,18 +262,21 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
             with autocast():
                 losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
                                                           cfg.dpo, device)
-                loss = losses.sum() / n  # the mean over all n pairs of the step
+                loss = losses.sum() / n * d.world_size  # the mean over all n pairs of the step, x W
         if check_finite is not None:
             check_finite(loss=loss)
         with timer("backward"):
             loss.backward()
-        sums["loss"] += loss.item()
+        sums["loss"] += loss.item() / d.world_size
         sums["rewards/chosen"] += rc.sum().item() / n
         sums["rewards/rejected"] += rr.sum().item() / n
         sums["rewards/accuracies"] += (rc > rr).float().sum().item() / n
         sums["rewards/margins"] += (rc - rr).sum().item() / n
         sums["logps/chosen"] += pc.detach().sum().item() / n
         sums["logps/rejected"] += pr.detach().sum().item() / n
+    with timer("backward"):
+        all_reduce_gradients(params, d)  # the average over ranks: the gradient of the global mean
+    sums = dict(zip(sums, global_sums(list(sums.values()), d)))  # each rank held its share of the means
     with timer("optimizer"):
         grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
         if check_finite is not None:
@@ -316,16 +332,20 @@ def round_seed(seed: int, round_index: int) -> int:
 
 
 @torch.no_grad()
-def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_index: int) -> tuple[list, dict]:
+def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_index: int,
+                 d: DistInfo = SINGLE) -> tuple[list, dict]:
     """Round ``round_index``'s pairs: K samples per prompt from the current policy, every pair judged.
-    The prompts and the samples are drawn from generators seeded by (seed, round)."""
+    The prompts and the samples are drawn from generators seeded by (seed, round). Distributed,
+    each rank samples and judges its share of the prompts (its sampling seed differs by rank) and
+    every rank returns the pairs of all of them, in rank order."""
     g = torch.Generator().manual_seed(round_seed(cfg.run.seed, round_index))
     train_prompts = task.prompts("train")
     n = min(cfg.prompts_per_round, len(train_prompts))
     prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), generator=g)[:n].tolist()]
+    prompts = prompts[d.rank :: d.world_size]  # this rank's share
     K = cfg.samples_per_prompt
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(round_seed(cfg.run.seed, round_index))
+    gen = torch.Generator(device=device).manual_seed(round_seed(cfg.run.seed, round_index) + 100_000_007 * d.rank)
     was_training = model.training
     model.eval()
     responses = generate_responses(model, tokenizer, template, [p for p in prompts for _ in range(K)],
@@ -343,6 +363,12 @@ def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_
         rows += new
         for k in counts:
             counts[k] += c[k]
+    if d.enabled:  # every rank's pairs, in rank order, on every rank
+        parts = all_gather_objects((rows, counts, scores, empty), d)
+        rows = [row for part in parts for row in part[0]]
+        counts = {k: sum(part[1][k] for part in parts) for k in counts}
+        scores = [x for part in parts for x in part[2]]
+        empty = sum(part[3] for part in parts)
     stats = {"round/pairs": counts["rows"], "round/ties": counts["ties"], "round/skipped": counts["skipped"],
              "round/empty_samples": empty, "round/score": sum(scores) / len(scores), "round/prompts": n}
     return rows, stats
@@ -417,6 +443,9 @@ def dpo(cfg: DPOConfig) -> dict:
     online = cfg.rounds > 0
     steps_total = cfg.rounds * cfg.steps_per_round if online else 0
     run = TrainingRun(cfg.run, cfg, name="dpo", total_steps=None)
+    d = run.dist
+    if cfg.batch_size < d.world_size:
+        raise ValueError(f"batch_size: {cfg.batch_size} pairs cannot be shared by {d.world_size} processes")
     model.to(run.device)
     model.train()
     if cfg.lora.enabled:
@@ -437,7 +466,7 @@ def dpo(cfg: DPOConfig) -> dict:
         steps_total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pool) / cfg.batch_size))
     eval_pool = None
     path = eval_data_path(cfg)
-    if path is not None:
+    if path is not None and run.is_main:  # only rank 0 evaluates
         eval_rows = load_preferences(path)
         check_labels(eval_rows, cfg.dpo, str(path))
         eval_pool = build_pool(model, eval_rows, tokenizer, template, cfg, run.device, ref_model, run.autocast)
@@ -452,7 +481,7 @@ def dpo(cfg: DPOConfig) -> dict:
             out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast))
         return out
 
-    start_eval = evaluate() if cfg.eval_at_start and run.start_step == 0 else {}
+    start_eval = evaluate() if cfg.eval_at_start and run.start_step == 0 and run.is_main else {}
     judge = task_judge(task, cfg.judge) if online else None
     what = (f"online, {cfg.rounds} rounds x {cfg.steps_per_round} steps, K={cfg.samples_per_prompt}" if online
             else f"{len(pool):,} pairs from {cfg.data}")
@@ -484,27 +513,30 @@ def dpo(cfg: DPOConfig) -> dict:
                     rows = load_preferences(round_file(cfg.run.out, r))
                     round_stats = {}
                 else:
-                    rows, round_stats = sample_round(model, task, judge, tokenizer, template, cfg, r)
-                    round_file(cfg.run.out, r).parent.mkdir(parents=True, exist_ok=True)
-                    write_jsonl(round_file(cfg.run.out, r), rows)
+                    rows, round_stats = sample_round(model, task, judge, tokenizer, template, cfg, r, d)
+                    if run.is_main:
+                        round_file(cfg.run.out, r).parent.mkdir(parents=True, exist_ok=True)
+                        write_jsonl(round_file(cfg.run.out, r), rows)
                     round_stats["round"] = r
                     print(f"[dpo] round {r}: {round_stats['round/pairs']} pairs from {round_stats['round/prompts']}"
                           f" prompts, mean sample score {round_stats['round/score']:.3f}")
                 pool = build_pool(model, rows, tokenizer, template, cfg, run.device, ref_model, run.autocast)
         metrics = dict(round_stats) if online and local_step == 1 else {}
-        if len(pool) == 0:  # a round in which every pair was a tie or identical: nothing to learn
+        if len(pool) < d.world_size:  # a round in which every pair was a tie or identical: nothing to learn
             metrics["skipped"] = 1
         else:
             rows_step, ref_c, ref_r, order = pool.batch(local_step, cfg.batch_size, seed, order)
             metrics.update(dpo_step(model, opt, params, rows_step, ref_c, ref_r, cfg, tokenizer, template,
-                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check))
-        if step % cfg.eval_every == 0 or step == steps_total:
+                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check, d=d))
+        if (step % cfg.eval_every == 0 or step == steps_total) and run.is_main:
             last_eval = evaluate()
             metrics.update(last_eval)
         run.log(step, metrics)
         run.maybe_save(step, steps_total)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
     final = dict(last_eval or evaluate())
     save_model(run.model_dir(), model, tokenizer, template,
                meta={"task": task_record, "stage": "dpo", "trainable": trainable_summary(model)})

@@ -19,6 +19,12 @@ model in ONE forward pass: collate_preferences stacks the B chosen rows over the
 At the end the mean and standard deviation of the reward over the training responses are stored in
 the model (reward_mean, reward_std) so that later stages can use (r - mean) / std, the
 normalisation of Ziegler et al. (2019), and the model is saved to ``<out>/model``.
+
+Launched by torchrun, every process holds the whole model and takes its share of each global
+batch (whole pairs or rankings: rows rank, rank + W, ...); its loss, a mean over its rows, is
+weighted by (its rows / all rows) * W and the gradients are averaged over processes after the
+micro-batches, which is the gradient of the mean over the global batch. Rank 0 evaluates, logs
+and saves.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from minirlhf.data import DataError, collate_preferences, collate_sft, encode_sft, read_jsonl
+from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sum, global_sums, shard
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives.preference import (bradley_terry_loss, bradley_terry_prob, davidson_tie_loss,
                                             expected_calibration_error, plackett_luce_loss)
@@ -216,6 +223,17 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, prob: torch.Tenso
             "rewards/margins": (chosen - rejected).mean().item()}
 
 
+def global_pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, prob: torch.Tensor,
+                        d: DistInfo = SINGLE) -> dict:
+    """pair_metrics over every rank's pairs together: each rank's means weighted by its pair count."""
+    local = pair_metrics(chosen, rejected, prob)
+    if not d.enabled:
+        return local
+    n = chosen.numel()
+    *sums, total = global_sums([v * n for v in local.values()] + [n], d)
+    return {k: v / total for k, v in zip(local, sums)}
+
+
 def pair_tensors(rows: list[dict], use_strength: bool, dtype, device) -> dict:
     """prob, strength (1 when use_strength is off) and the tie indicator of the rows, (B,) each."""
     return {"prob": torch.tensor([float(r.get("prob", 1.0)) for r in rows], dtype=dtype, device=device),
@@ -361,6 +379,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         raise ValueError(f"{cfg.init}: the model folder has no tokenizer.json")
     policy = _policy_tokenizer_check(cfg, tokenizer)
     model.to(run.device)
+    d = run.dist
     max_len = cfg.max_len or model.config.block_size
     data = Path(cfg.data)
     train_path = Path(cfg.train_file or data / "train.jsonl")
@@ -375,6 +394,9 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         if cfg.eval_pairs:
             test_rows = test_rows[:cfg.eval_pairs]
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
+    if min(cfg.batch_size * cfg.optim.grad_accum, len(train_rows)) < d.world_size:
+        raise ValueError(f"batch_size: every one of the {d.world_size} processes needs rows, but a step holds "
+                         f"{min(cfg.batch_size * cfg.optim.grad_accum, len(train_rows))}")
     run.logger.total_steps = steps if cfg.run.progress else None
 
     if cfg.lora.enabled:
@@ -403,17 +425,20 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         lr = lr_at(step, steps, cfg.optim)
         set_lr(opt, lr)
         rows_step, order = sft_batch(train_rows, order, step, cfg.batch_size * cfg.optim.grad_accum, cfg.run.seed)
-        micro = [rows_step[i::cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
+        local = shard(rows_step, d)  # this rank's whole pairs (or rankings)
+        micro = [local[i::cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
         micro = [part for part in micro if part]
+        n_global = global_sum(len(local), d)
         total, chosen_all, rejected_all, prob_all = 0.0, [], [], []
         for part in micro:
+            weight = len(part) / n_global * d.world_size  # a mean over `part` -> its share of the global mean
             with run.autocast():
                 if cfg.loss == "plackett_luce":
                     seqs = [s for row in part for s in _sequences(row)]
                     sizes = [len(row["responses"]) for row in part]
                     scores = sequence_scores(model, tokenizer, template, seqs, max_len, cfg.truncation, run.device,
                                              batch_size=len(seqs)).float()  # (sum of sizes,)
-                    loss = ranking_loss(scores, sizes) / len(micro)
+                    loss = ranking_loss(scores, sizes) * weight
                     chosen, rejected = ranking_pairs(scores, sizes)
                     prob = torch.ones_like(chosen)
                 else:
@@ -421,7 +446,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
                     chosen, rejected = pair_scores(model, batch, run.device)
                     chosen, rejected = chosen.float(), rejected.float()
                     labels = pair_tensors(part, cfg.use_strength, chosen.dtype, run.device)
-                    loss = pair_loss(chosen, rejected, labels, cfg, log_nu) / len(micro)
+                    loss = pair_loss(chosen, rejected, labels, cfg, log_nu) * weight
                     prob = labels["prob"]
             run.check_finite(step, loss=loss)
             loss.backward()
@@ -429,21 +454,24 @@ def train_reward_model(cfg: RewardConfig) -> dict:
             chosen_all.append(chosen.detach())
             rejected_all.append(rejected.detach())
             prob_all.append(prob)
+        all_reduce_gradients(params, d)  # the average over ranks: the global batch's gradient
         grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
         run.check_finite(step, grad_norm=grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        metrics = {"loss": total, "lr": lr, "grad_norm": float(grad_norm)}
-        metrics.update(pair_metrics(torch.cat(chosen_all), torch.cat(rejected_all), torch.cat(prob_all)))
+        metrics = {"loss": global_sum(total, d) / d.world_size, "lr": lr, "grad_norm": float(grad_norm)}
+        metrics.update(global_pair_metrics(torch.cat(chosen_all), torch.cat(rejected_all), torch.cat(prob_all), d))
         if tie is not None:
             metrics["tie/log_nu"] = tie.log_nu.item()
-        if test_rows and (step % cfg.eval_every == 0 or step == steps):
+        if test_rows and (step % cfg.eval_every == 0 or step == steps) and run.is_main:
             last_eval = evaluate_pairs(model, tokenizer, template, test_rows, cfg, max_len, run.device, log_nu)
             metrics.update(last_eval)
         run.log(step, metrics)
         run.maybe_save(step, steps)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
 
     mean, std, n_seqs = reward_statistics(model, tokenizer, template, train_rows, max_len, cfg.truncation,
                                           run.device, cfg.eval_batch_size)
