@@ -19,6 +19,11 @@ One iteration (Shao et al., 2024, DeepSeekMath, Algorithm 1 and eq. 3):
 
 The reference pi_ref is the SFT model: the policy under ``lora_disabled`` with LoRA (default), or
 a frozen copy. With mu = 1 and one minibatch per batch the update is on-policy (rho = 1).
+
+Launched by torchrun, each process samples the groups of its share of the prompts (a group stays
+on one process, so its advantages need nothing from the others), takes minibatch_size / W of its
+samples per step, weights its loss by its share of what ``loss_agg`` averages over (sequences or
+tokens) times W and averages the gradients: the gradient of the loss on the global minibatch.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from typing import Literal
 import torch
 
 from minirlhf.config import ConfigError
+from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_mean, loss_scale, shard
 from minirlhf.lora import trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (aggregate_loss, broadcast_to_tokens, entropy_from_logits, group_advantages,
@@ -85,23 +91,40 @@ def grpo_loss(cfg: GRPOConfig, logp: torch.Tensor, mb: Rollout, advantages: torc
     return pg_loss + cfg.beta * kl_loss, pg_loss, kl_loss, stats
 
 
+def aggregation_count(mask: torch.Tensor, loss_agg: str) -> float:
+    """What ``aggregate_loss`` averages over in a minibatch: its valid tokens (token_mean), its
+    sequences with at least one token (seq_mean) or all its sequences (seq_sum_const)."""
+    if loss_agg == "token_mean":
+        return float(mask.sum())
+    if loss_agg == "seq_mean":
+        return float((mask.sum(-1) > 0).sum())
+    return float(mask.shape[0])
+
+
 def grpo_update(cfg: GRPOConfig, actor: ActorCritic, optimizer, rollout: Rollout, advantages: torch.Tensor,
-                max_len: int, generator: torch.Generator, run: TrainingRun, iteration: int) -> dict:
-    """``mu`` passes over the rollout in shuffled minibatches. Returns the mean statistics."""
+                max_len: int, generator: torch.Generator, run: TrainingRun, iteration: int,
+                d: DistInfo = SINGLE) -> dict:
+    """``mu`` passes over the rollout in shuffled minibatches. Returns the mean statistics.
+
+    Distributed, each rank holds its share of the rollout and takes minibatch_size / world_size of
+    it per step; its loss is scaled by its share of the minibatch's sequences or tokens (as
+    ``loss_agg`` averages) and the gradients are averaged over ranks."""
     N = rollout.batch_size
+    per_rank = max(1, cfg.minibatch_size // d.world_size)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     stats = {k: [] for k in ("loss/policy", "loss/kl", "entropy", "clipfrac", "approx_kl", "grad_norm")}
     for _ in range(cfg.mu):
         order = torch.randperm(N, generator=generator)
-        for start in range(0, N, cfg.minibatch_size):
-            idx = order[start : start + cfg.minibatch_size]
+        for start in range(0, N, per_rank):
+            idx = order[start : start + per_rank]
             mb = rollout.select(idx)
             logits, _ = actor(mb, cfg.temperature)  # (b,R,V), already / temperature
             logp = logprobs_from_logits(logits, mb.input_ids[:, mb.prompt_width :])  # (b,R)
             loss, pg_loss, kl_loss, s = grpo_loss(cfg, logp, mb, advantages[idx], max_len)
             run.check_finite(iteration, loss=loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(aggregation_count(mb.mask, cfg.loss_agg), d)).backward()
+            all_reduce_gradients(params, d)
             grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
             run.check_finite(iteration, grad_norm=grad_norm)
             optimizer.step()
@@ -111,7 +134,7 @@ def grpo_update(cfg: GRPOConfig, actor: ActorCritic, optimizer, rollout: Rollout
             stats["clipfrac"].append(float(s["clipfrac"]))
             stats["approx_kl"].append(float(s["approx_kl"]))
             stats["grad_norm"].append(float(grad_norm))
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+    return {k: global_mean(sum(v) / len(v), d) for k, v in stats.items()}
 
 
 def grpo(cfg: GRPOConfig) -> dict:
@@ -126,8 +149,12 @@ def grpo(cfg: GRPOConfig) -> dict:
     scorer, rm = build_scorer(cfg, tokenizer, device)
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)
+    d = run.dist
+    if cfg.prompts_per_iteration % d.world_size or cfg.minibatch_size % d.world_size:
+        raise ValueError(f"prompts_per_iteration ({cfg.prompts_per_iteration}) and minibatch_size "
+                         f"({cfg.minibatch_size}) must be multiples of the number of processes ({d.world_size})")
+    gen = torch.Generator(device=device).manual_seed(run.rank_seed())  # each rank samples its own responses
+    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global prompt draws on every rank
     run.track("policy", policy)
     run.track("optimizer", optimizer)
     run.track_generator("sampling", gen)
@@ -143,14 +170,14 @@ def grpo(cfg: GRPOConfig) -> dict:
     timer = Timer()
     t0 = time.perf_counter()
     last_eval = {}
-    if start == 0:
+    if start == 0 and run.is_main:
         last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
         run.log(0, dict(last_eval))
     for it in range(start + 1, cfg.iterations + 1):
         timer.reset()
         lr = lr_at(it, cfg.iterations, cfg.optim)
         set_lr(optimizer, lr)
-        prompts = draw_prompts(train_prompts, cfg.prompts_per_iteration, shuffle_gen)
+        prompts = shard(draw_prompts(train_prompts, cfg.prompts_per_iteration, shuffle_gen), d)  # this rank's share
         with timer("generation"):
             rollout = sample_groups(policy, tokenizer, template, prompts, G, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
@@ -162,23 +189,23 @@ def grpo(cfg: GRPOConfig) -> dict:
             advantages = broadcast_to_tokens(seq_adv, rollout.mask)  # (N,R)
             kl_ref = (grpo_kl_penalty(rollout.logprobs, rollout.ref_logprobs) * rollout.mask).sum(-1)  # (N,)
         with timer("update"):
-            stats = grpo_update(cfg, actor, optimizer, rollout, advantages, max_new, shuffle_gen, run, it)
-        metrics = {
+            stats = grpo_update(cfg, actor, optimizer, rollout, advantages, max_new, shuffle_gen, run, it, d)
+        local = {
             **rollout_metrics(rollout, raw, task),
             "reward/mean": float(scores.mean()),
             "kl": float(kl_ref.mean()),
-            "lr": lr,
             **group_metrics(scores, G),
-            **stats,
-            **timer.as_metrics(),
         }
-        if it % cfg.eval_every == 0 or it == cfg.iterations:
+        metrics = {**{k: global_mean(v, d) for k, v in local.items()}, "lr": lr, **stats, **timer.as_metrics()}
+        if (it % cfg.eval_every == 0 or it == cfg.iterations) and run.is_main:
             last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
             metrics.update(last_eval)
         run.log(it, metrics)
         run.maybe_save(it, cfg.iterations)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
     save_model(run.model_dir(), policy, tokenizer, template, meta={"task": task_record, "stage": "grpo"})
     final = {**last_eval, "time": elapsed, "model": str(run.model_dir())}
     key = f"eval/{task.metric_name}"

@@ -16,6 +16,11 @@ This is plain on-policy REINFORCE: the log-probs in the loss are those of the po
 the batch, taken in the same forward pass, and each batch gives exactly one optimizer step, so
 there is no importance ratio and no clip (nothing is reused off-policy). The baseline of sample i
 uses only the other k - 1 samples of its prompt, so the gradient stays unbiased.
+
+Launched by torchrun, each process samples the k responses of its share of the prompts (a prompt's
+samples stay on one process, so the leave-one-out baselines need nothing from the others), weights
+its loss, a mean over its sequences, by its share of all the sequences times W, and averages the
+gradients: the gradient of the loss on the global batch.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from typing import Literal
 import torch
 
 from minirlhf.config import ConfigError
+from minirlhf.distributed import all_reduce_gradients, global_mean, loss_scale, shard
 from minirlhf.lora import trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (entropy_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
@@ -80,8 +86,12 @@ def rloo(cfg: RLOOConfig) -> dict:
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)
+    d = run.dist
+    if cfg.prompts_per_iteration % d.world_size:
+        raise ValueError(f"prompts_per_iteration ({cfg.prompts_per_iteration}) must be a multiple of the number "
+                         f"of processes ({d.world_size})")
+    gen = torch.Generator(device=device).manual_seed(run.rank_seed())  # each rank samples its own responses
+    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global prompt draws on every rank
     run.track("policy", policy)
     run.track("optimizer", optimizer)
     run.track_generator("sampling", gen)
@@ -97,14 +107,14 @@ def rloo(cfg: RLOOConfig) -> dict:
     timer = Timer()
     t0 = time.perf_counter()
     last_eval = {}
-    if start == 0:
+    if start == 0 and run.is_main:
         last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
         run.log(0, dict(last_eval))
     for it in range(start + 1, cfg.iterations + 1):
         timer.reset()
         lr = lr_at(it, cfg.iterations, cfg.optim)
         set_lr(optimizer, lr)
-        prompts = draw_prompts(train_prompts, cfg.prompts_per_iteration, shuffle_gen)
+        prompts = shard(draw_prompts(train_prompts, cfg.prompts_per_iteration, shuffle_gen), d)  # this rank's share
         with timer("generation"):
             rollout = sample_groups(policy, tokenizer, template, prompts, k, max_new, cfg.temperature, gen)
         with timer("scoring"):
@@ -123,30 +133,32 @@ def rloo(cfg: RLOOConfig) -> dict:
             loss = reinforce_loss(logp, advantages, rollout.mask)
             run.check_finite(it, loss=loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(rollout.batch_size, d)).backward()  # a mean over sequences
+            all_reduce_gradients(params, d)
             grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
             run.check_finite(it, grad_norm=grad_norm)
             optimizer.step()
         seq_kl = kl.sum(-1)  # (N,)
-        metrics = {
+        local = {
             **rollout_metrics(rollout, raw, task),
             "reward/total": float(seq_reward.mean()),
             "reward/kl_penalty": float(-cfg.beta * seq_kl.mean()),
             "kl": float(seq_kl.mean()),
             "loss/policy": float(loss.detach()),
             "entropy": float(entropy),
-            "grad_norm": float(grad_norm),
-            "lr": lr,
             **group_metrics(scores, k),
-            **timer.as_metrics(),
         }
-        if it % cfg.eval_every == 0 or it == cfg.iterations:
+        metrics = {**{key: global_mean(v, d) for key, v in local.items()}, "grad_norm": float(grad_norm), "lr": lr,
+                   **timer.as_metrics()}
+        if (it % cfg.eval_every == 0 or it == cfg.iterations) and run.is_main:
             last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
             metrics.update(last_eval)
         run.log(it, metrics)
         run.maybe_save(it, cfg.iterations)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
     save_model(run.model_dir(), policy, tokenizer, template, meta={"task": task_record, "stage": "rloo"})
     final = {**last_eval, "time": elapsed, "model": str(run.model_dir())}
     key = f"eval/{task.metric_name}"

@@ -89,3 +89,92 @@ def test_one_dpo_step_on_two_processes_equals_one_process(init, tmp_path):
     start = load_tensors(init / "gpt" / "model.safetensors")
     assert any(not torch.equal(a[k], start[k]) for k in start)  # the merged LoRA step moved the weights
     assert_same(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# TRPO and GRPO: one update on a fixed rollout, split across spawned processes
+# ---------------------------------------------------------------------------------------------
+
+
+class Run:  # the bits of TrainingRun that the update functions use
+    def check_finite(self, *a, **k):
+        pass
+
+
+def load_rollout(path, rows):
+    from minirlhf.rollout import Rollout
+
+    data = torch.load(path, weights_only=True)
+    n = data["input_ids"].shape[0]
+    full = Rollout(["p"] * n, ["r"] * n, data["input_ids"], data["attention_mask"], int(data["prompt_width"]),
+                   data["mask"], data["ended"], data["logprobs"], data["ref_logprobs"], data["values"], data["scores"])
+    return full.select(rows)
+
+
+def save_rollout(r, path, logp, values=None):
+    torch.manual_seed(1)
+    torch.save({"input_ids": r.input_ids, "attention_mask": r.attention_mask, "prompt_width": torch.tensor(r.prompt_width),
+                "mask": r.mask, "ended": r.ended, "logprobs": logp, "ref_logprobs": logp - 0.1 * torch.rand_like(logp),
+                "values": torch.randn_like(logp) if values is None else values,
+                "scores": torch.randint(0, 2, (logp.shape[0],)).double().to(logp.dtype)}, path)
+
+
+def spawn_or_call(worker, world, *args):
+    """worker(rank, world, port, *args) in this process (world 1) or in ``world`` spawned gloo processes."""
+    if world == 1:
+        worker(0, 1, 0, *args)
+    else:
+        mp.spawn(worker, args=(world, free_port(), *args), nprocs=world, join=True)
+
+
+def join(rank, world, port):
+    from minirlhf.distributed import DistInfo
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    return DistInfo(rank, world, rank)
+
+
+def grpo_worker(rank, world, port, folder, rollout_path, out_path):
+    """One GRPO update per loss aggregation on this rank's groups of a fixed rollout (4 groups of 4)."""
+    from minirlhf.objectives import broadcast_to_tokens, group_advantages
+    from minirlhf.saving import load_model
+    from minirlhf.trainers.grpo import GRPOConfig, grpo_update
+    from minirlhf.trainers.ppo import ActorCritic
+
+    d = join(rank, world, port)
+    G = 4
+    rows = [g * G + j for g in range(rank, 4, world) for j in range(G)]  # whole groups: 0 and 2, or 1 and 3
+    r = load_rollout(rollout_path, rows)
+    adv = broadcast_to_tokens(group_advantages(r.scores, G), r.mask)
+    out = {}
+    for agg in ("seq_mean", "token_mean", "seq_sum_const"):
+        policy, *_ = load_model(folder)
+        cfg = GRPOConfig(group_size=G, minibatch_size=16, mu=1, loss_agg=agg, beta=0.1)
+        opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+        grpo_update(cfg, ActorCritic(policy, "none"), opt, r, adv, 4, torch.Generator().manual_seed(0), Run(), 1, d)
+        out.update({f"{agg}.{k}": v.detach().clone() for k, v in policy.state_dict().items()})
+    if rank == 0:
+        torch.save(out, out_path)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_one_grpo_update_on_two_processes_equals_one_process(init, tmp_path):
+    from minirlhf.rollout import response_logprobs, sample
+    from minirlhf.saving import load_model
+
+    policy, tok, template, _ = load_model(init / "gpt")
+    prompts = ["Q: 3+4=\nA:", "Q: 9-2=\nA:", "Q: 15+5=\nA:", "Q: 7-7=\nA:"]  # prompts of different lengths
+    r = sample(policy, tok, template, prompts, 4, 1.0, torch.Generator().manual_seed(0), num_samples=4)
+    with torch.no_grad():
+        save_rollout(r, tmp_path / "rollout.pt", response_logprobs(policy, r))
+    assert r.mask.sum(-1).unique().numel() > 1  # responses of different lengths: the aggregations differ
+    for world in (1, 2):
+        spawn_or_call(grpo_worker, world, str(init / "gpt"), tmp_path / "rollout.pt", tmp_path / f"{world}.pt")
+    a, b = torch.load(tmp_path / "1.pt", weights_only=True), torch.load(tmp_path / "2.pt", weights_only=True)
+    start = policy.state_dict()
+    assert all(any(not torch.equal(a[f"{agg}.{k}"], start[k]) for k in start)
+               for agg in ("seq_mean", "token_mean", "seq_sum_const"))
+    assert_same(a, b)
