@@ -10,6 +10,11 @@ Papers:
 - Pearlmutter (1994), "Fast exact multiplication by the Hessian" (Hessian-vector products).
 - Hestenes & Stiefel (1952), "Methods of conjugate gradients for solving linear systems".
 - Martens (2010), "Deep learning via Hessian-free optimization" (CG with damping).
+
+Data spread over several processes: each process's closures give its part of the objective and
+an injected ``reduce_fn`` turns a part (a scalar or a flat vector) into the global value, e.g. the
+sum over processes of the parts; make_hvp and trpo_step apply it to every gradient, product and
+value they use, so every process computes the same step.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ def set_flat_params(params: Sequence[Tensor], flat: Tensor) -> None:
             offset += p.numel()
 
 
-def make_hvp(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0) -> Callable[[Tensor], Tensor]:
+def make_hvp(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0,
+             reduce_fn: Callable[[Tensor], Tensor] | None = None) -> Callable[[Tensor], Tensor]:
     """v -> H v + damping v, with H the Hessian of `scalar` w.r.t. params (Pearlmutter 1994):
 
         H v = d/d theta ( (d scalar / d theta)^T v )
@@ -82,6 +88,10 @@ def make_hvp(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0) -> 
     The gradient d scalar / d theta is built once, with a graph (create_graph=True); each call
     differentiates its inner product with v again, keeping the graph, so the returned function
     can be called any number of times (as conjugate gradient does).
+
+    reduce_fn (optional): `scalar` is one process's part of the objective and reduce_fn(H_part v)
+    the global H v (H is linear in the objective, so the parts' products add up like the parts);
+    the damping is added once, after it. It must return a new tensor, not change its argument.
     """
     params = _param_list(params)
     if not damping >= 0:
@@ -95,7 +105,10 @@ def make_hvp(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0) -> 
         v = v.detach().to(g.dtype)
         gv = (g * v).sum()
         hv = flat_grad(gv, params, retain_graph=True) if gv.requires_grad else torch.zeros_like(g)
-        return hv.detach() + damping * v
+        hv = hv.detach()
+        if reduce_fn is not None:
+            hv = reduce_fn(hv)
+        return hv + damping * v
 
     return hvp
 
@@ -167,6 +180,7 @@ def trpo_step(
     damping: float = 0.1,
     backtrack_coeff: float = 0.8,
     backtrack_iters: int = 10,
+    reduce_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """One TRPO update (Schulman et al. 2015, section 6 and Appendix C), in place on params:
 
@@ -182,6 +196,12 @@ def trpo_step(
     H includes the damping, as in the reference code (it keeps CG well posed when the Fisher is
     singular, e.g. softmax logits). If no step is accepted the old parameters are restored exactly.
 
+    reduce_fn (optional, for data spread over processes): surrogate_fn() and kl_fn() return this
+    process's part and reduce_fn(t) the global value of a part t, a scalar or a flat vector (e.g.
+    the sum over processes of the parts, each weighted by its share of the data); it is applied to
+    L, g, every H v and the line search's KL and L, so every process takes the same step. It must
+    return a new tensor, not change its argument. None: one process holds all the data.
+
     Returns floats: "kl" and "improvement" of the accepted step (0 when rejected), "step_frac"
     (c^k, 0 when rejected), "backtracks" (k; backtrack_iters when rejected), "expected_improvement"
     (g^T s, the linear model's prediction for the full step), "cg_residual" (CG's final residual norm, ||g - H x|| in exact arithmetic).
@@ -194,16 +214,17 @@ def trpo_step(
     if not (isinstance(backtrack_iters, int) and backtrack_iters >= 1):
         raise ValueError(f"backtrack_iters: expected an int >= 1, got {backtrack_iters!r}")
 
+    reduce = reduce_fn if reduce_fn is not None else (lambda t: t)
     old = flat_params(params)  # (n,)
     surr_old = surrogate_fn()
-    g = flat_grad(surr_old, params)  # (n,)
-    surr_old = surr_old.item()
+    g = reduce(flat_grad(surr_old, params))  # (n,)
+    surr_old = reduce(surr_old.detach()).item()
     rejected = {"kl": 0.0, "improvement": 0.0, "step_frac": 0.0, "backtracks": backtrack_iters,
                 "expected_improvement": 0.0, "cg_residual": 0.0}
     if not bool(torch.isfinite(g).all()) or g.abs().max().item() == 0.0:
         return rejected  # nothing to climb (or a broken gradient): leave the parameters as they are
 
-    hvp = make_hvp(kl_fn(), params, damping)
+    hvp = make_hvp(kl_fn(), params, damping, reduce_fn)
     x, info = conjugate_gradient(hvp, g, iters=cg_iters, return_info=True)  # x ~= H^-1 g
     xHx = x.dot(hvp(x)).item()
     rejected["cg_residual"] = info["residual"]
@@ -216,8 +237,8 @@ def trpo_step(
         for k in range(backtrack_iters):
             frac = backtrack_coeff**k
             set_flat_params(params, old + frac * full_step)
-            kl = kl_fn().item()
-            improvement = surrogate_fn().item() - surr_old
+            kl = reduce(kl_fn()).item()
+            improvement = reduce(surrogate_fn()).item() - surr_old
             if kl <= max_kl and improvement > 0:  # False for nan, so a nan never passes
                 return {"kl": kl, "improvement": improvement, "step_frac": frac, "backtracks": k,
                         "expected_improvement": expected_improvement, "cg_residual": info["residual"]}

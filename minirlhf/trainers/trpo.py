@@ -22,6 +22,12 @@ One iteration (Schulman et al., 2015, section 6 and Appendix C), with PPO's roll
 The policy's trainable parameters are the LoRA adapters (default) or every weight. Every logged
 update has KL_bar <= delta; ``kl_old_new`` is that KL, measured again on the parameters the step left
 (``kl`` is the KL to the reference, as in every trainer).
+
+Launched by torchrun, each process samples its share of the rollouts; L and KL_bar are token
+means over all of them: each process's means are weighted by its share of the tokens and summed
+over processes (trpo_step's reduce_fn), which makes g, every H v and the line search's values
+global, so every process takes the same step. Advantages are whitened with global statistics,
+the critic's gradients are averaged as in PPO, and rank 0 evaluates and saves.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ from typing import Literal
 import torch
 
 from minirlhf.config import ConfigError
+from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, all_reduce_sum, current, global_mean,
+                                  global_sum, loss_scale, shard)
 from minirlhf.lora import trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
@@ -91,12 +99,22 @@ class TRPOConfig:
 
 
 def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Rollout, old_logits: torch.Tensor,
-                advantages: torch.Tensor) -> dict:
+                advantages: torch.Tensor, d: DistInfo | None = None) -> dict:
     """One trust-region step of the policy on the rollout batch (objectives.trpo_step), in place.
 
     old_logits (B,R,V): pi_old's response logits / temperature, detached. Returns trpo_step's
     statistics with "kl" measured again on the parameters the step left (0 when rejected).
+    Distributed (``d``, by default the current process group), the rollout is this rank's share
+    and the surrogate and the KL are token means over every rank's tokens.
     """
+    d = current() if d is None else d
+    reduce_fn = None
+    if d.enabled:
+        n = float(rollout.mask.sum())
+        share = n / global_sum(n, d)  # this rank's share of the global tokens
+
+        def reduce_fn(t: torch.Tensor) -> torch.Tensor:  # local token mean -> global token mean
+            return all_reduce_sum(t * share, d)
     response = rollout.input_ids[:, rollout.prompt_width :]  # (B,R)
 
     def surrogate() -> torch.Tensor:
@@ -109,32 +127,37 @@ def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Roll
         return masked_mean(kl_from_logits(old_logits, logits), rollout.mask)
 
     stats = trpo_step(params, surrogate, mean_kl, cfg.max_kl, cfg.cg_iters, cfg.damping, cfg.backtrack_coeff,
-                      cfg.backtrack_iters)
+                      cfg.backtrack_iters, reduce_fn=reduce_fn)
     with torch.no_grad():
-        stats["kl"] = float(mean_kl())
+        kl = mean_kl()
+        stats["kl"] = float(reduce_fn(kl) if reduce_fn is not None else kl)
     return stats
 
 
 def fit_critic(cfg: TRPOConfig, critic, optimizer, rollout: Rollout, returns: torch.Tensor,
-               generator: torch.Generator, run: TrainingRun, iteration: int) -> dict:
-    """``critic_epochs`` shuffled minibatch passes of Adam on value_loss toward the GAE returns."""
+               generator: torch.Generator, run: TrainingRun, iteration: int, d: DistInfo = SINGLE) -> dict:
+    """``critic_epochs`` shuffled minibatch passes of Adam on value_loss toward the GAE returns.
+    Distributed, each rank takes critic_minibatch_size / world_size of its rollouts per step, its
+    token-mean loss scaled by its share of the minibatch's tokens, and the gradients are averaged."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     losses = []
     B = rollout.batch_size
+    per_rank = max(1, cfg.critic_minibatch_size // d.world_size)
     for _ in range(cfg.critic_epochs):
         order = torch.randperm(B, generator=generator)
-        for start in range(0, B, cfg.critic_minibatch_size):
-            idx = order[start : start + cfg.critic_minibatch_size]
+        for start in range(0, B, per_rank):
+            idx = order[start : start + per_rank]
             mb = rollout.select(idx)
             loss = value_loss(response_values(critic, mb), mb.values, returns[idx], mb.mask, cfg.value_clip or None)
             run.check_finite(iteration, loss=loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(float(mb.mask.sum()), d)).backward()
+            all_reduce_gradients(params, d)
             grad_norm = clip_grad_norm(params, cfg.critic_optim.grad_clip)
             run.check_finite(iteration, grad_norm=grad_norm)
             optimizer.step()
             losses.append(float(loss.detach()))
-    return {"loss/value": sum(losses) / len(losses)} if losses else {}
+    return {"loss/value": global_mean(sum(losses) / len(losses), d)} if losses else {}
 
 
 def trpo(cfg: TRPOConfig) -> dict:
@@ -160,8 +183,12 @@ def trpo(cfg: TRPOConfig) -> dict:
         critic_opt = make_optimizer(critic.parameters(), cfg.critic_optim)
     kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
               else FixedKLController(cfg.kl.coef))
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)
+    d = run.dist
+    if cfg.batch_size % d.world_size or cfg.critic_minibatch_size % d.world_size:
+        raise ValueError(f"batch_size ({cfg.batch_size}) and critic_minibatch_size ({cfg.critic_minibatch_size}) "
+                         f"must be multiples of the number of processes ({d.world_size})")
+    gen = torch.Generator(device=device).manual_seed(run.rank_seed())  # each rank samples its own responses
+    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global prompt draws on every rank
     run.track("policy", policy)
     run.track("kl_controller", kl_ctl)
     if critic is not None:
@@ -180,12 +207,12 @@ def trpo(cfg: TRPOConfig) -> dict:
     timer = Timer()
     t0 = time.perf_counter()
     last_eval = {}
-    if start == 0:
+    if start == 0 and run.is_main:
         last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
         run.log(0, dict(last_eval))
     for it in range(start + 1, cfg.iterations + 1):
         timer.reset()
-        prompts = draw_prompts(train_prompts, cfg.batch_size, shuffle_gen)
+        prompts = shard(draw_prompts(train_prompts, cfg.batch_size, shuffle_gen), d)  # this rank's share
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
@@ -198,7 +225,7 @@ def trpo(cfg: TRPOConfig) -> dict:
             beta = kl_ctl.value
             rewards, kl_ref = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                    beta, cfg.kl.estimator)
-            advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask)
+            advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask, d)
             entropy = masked_mean(entropy_from_logits(old_logits), rollout.mask)
         with timer("update"):
             stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages)
@@ -207,29 +234,34 @@ def trpo(cfg: TRPOConfig) -> dict:
         if critic is not None:
             set_lr(critic_opt, lr_at(it, cfg.iterations, cfg.critic_optim))
             with timer("critic"):
-                critic_stats = fit_critic(cfg, critic, critic_opt, rollout, returns, shuffle_gen, run, it)
+                critic_stats = fit_critic(cfg, critic, critic_opt, rollout, returns, shuffle_gen, run, it, d)
         seq_kl = kl_ref.sum(-1)  # (B,) per response, the quantity the reward penalised
-        kl_ctl.update(float(seq_kl.mean()), cfg.batch_size)
-        metrics = {
+        kl_ctl.update(global_mean(float(seq_kl.mean()), d), cfg.batch_size)
+        local = {
             **rollout_metrics(rollout, raw, task),
             "reward/total": float(rewards.sum(-1).mean()),
             "reward/kl_penalty": float(-beta * seq_kl.mean()),
             "kl": float(seq_kl.mean()),  # to the reference, as every trainer logs it
-            "kl_coef": beta,
             "entropy": float(entropy),
-            **{("kl_old_new" if k == "kl" else k): v for k, v in stats.items()},  # the trust-region KL
+        }
+        if returns is not None:
+            local["explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
+        metrics = {
+            **{k: global_mean(v, d) for k, v in local.items()},
+            "kl_coef": beta,
+            **{("kl_old_new" if k == "kl" else k): v for k, v in stats.items()},  # the trust-region KL (global)
             **critic_stats,
             **timer.as_metrics(),
         }
-        if returns is not None:
-            metrics["explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
-        if it % cfg.eval_every == 0 or it == cfg.iterations:
+        if (it % cfg.eval_every == 0 or it == cfg.iterations) and run.is_main:
             last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
             metrics.update(last_eval)
         run.log(it, metrics)
         run.maybe_save(it, cfg.iterations)
     run.close()
     elapsed = time.perf_counter() - t0
+    if not run.is_main:
+        return {}
     save_model(run.model_dir(), policy, tokenizer, template, meta={"task": task_record, "stage": "trpo"})
     final = {**last_eval, "time": elapsed, "model": str(run.model_dir())}
     key = f"eval/{task.metric_name}"

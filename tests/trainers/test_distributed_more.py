@@ -178,3 +178,51 @@ def test_one_grpo_update_on_two_processes_equals_one_process(init, tmp_path):
     assert all(any(not torch.equal(a[f"{agg}.{k}"], start[k]) for k in start)
                for agg in ("seq_mean", "token_mean", "seq_sum_const"))
     assert_same(a, b)
+
+
+def trpo_worker(rank, world, port, folder, rollout_path, out_path):
+    """One TRPO step and one critic pass on this rank's half of a fixed rollout of 8."""
+    from minirlhf.objectives import kl_penalized_rewards
+    from minirlhf.saving import load_model
+    from minirlhf.trainers.ppo import ActorCritic, compute_advantages
+    from minirlhf.trainers.trpo import TRPOConfig, fit_critic, trpo_update
+
+    d = join(rank, world, port)
+    r = load_rollout(rollout_path, list(range(rank, 8, world)))
+    cfg = TRPOConfig(batch_size=8, critic_minibatch_size=8, critic_epochs=1, max_kl=0.02)
+    policy, *_ = load_model(folder)
+    policy.set_attention("reference")  # Hessian-vector products differentiate twice
+    critic, *_ = load_model(folder, kind="value")
+    actor = ActorCritic(policy, "none")
+    with torch.no_grad():
+        old_logits, _ = actor(r, cfg.temperature)
+    rewards, _ = kl_penalized_rewards(r.scores, r.logprobs, r.ref_logprobs, r.mask, 0.1)
+    adv, ret = compute_advantages(cfg, rewards, r.values, r.mask, d)  # whitened over both ranks
+    stats = trpo_update(cfg, actor, list(policy.parameters()), r, old_logits, adv, d)
+    critic_opt = torch.optim.SGD(critic.parameters(), lr=0.5)
+    fit_critic(cfg, critic, critic_opt, r, ret, torch.Generator().manual_seed(0), Run(), 1, d)
+    if rank == 0:
+        torch.save({**{"policy." + k: v.detach().clone() for k, v in policy.state_dict().items()},
+                    **{"critic." + k: v.detach().clone() for k, v in critic.state_dict().items()},
+                    **{"stats." + k: torch.tensor(float(v)) for k, v in stats.items()}}, out_path)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_one_trpo_update_on_two_processes_equals_one_process(init, tmp_path):
+    from minirlhf.rollout import response_logprobs, sample
+    from minirlhf.saving import load_model
+
+    policy, tok, template, _ = load_model(init / "gpt")
+    prompts = ["Q: 3+4=\nA:", "Q: 9-2=\nA:", "Q: 15+5=\nA:", "Q: 7-7=\nA:", "Q: 1+8=\nA:", "Q: 16-3=\nA:",
+               "Q: 2+2=\nA:", "Q: 9+9=\nA:"]
+    r = sample(policy, tok, template, prompts, 4, 1.0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        save_rollout(r, tmp_path / "rollout.pt", response_logprobs(policy, r))
+    for world in (1, 2):
+        spawn_or_call(trpo_worker, world, str(init / "gpt"), tmp_path / "rollout.pt", tmp_path / f"{world}.pt")
+    a, b = torch.load(tmp_path / "1.pt", weights_only=True), torch.load(tmp_path / "2.pt", weights_only=True)
+    assert a["stats.step_frac"] > 0 and a["stats.step_frac"] == b["stats.step_frac"]  # the same accepted step
+    start = policy.state_dict()
+    assert any(not torch.equal(a["policy." + k], start[k]) for k in start)
+    assert_same(a, b)
