@@ -55,7 +55,7 @@ RECIPES = {
         "pretrain": {"steps": 2000, "batch_size": 32, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
         "sft": {"epochs": 2.0, "lora": {"enabled": True, "r": 16, "alpha": 32}},
         "collect": {"k": 8, "temperature": 1.5},
-        "rm": {"batch_size": 128, "epochs": 3.0, "optim": {"lr": 1e-3}, "eval_every": 200},
+        "rm": {"unique": True, "batch_size": 128, "epochs": 20.0, "optim": {"lr": 1e-3}, "eval_every": 200},
         "dpo": {"epochs": 1.0},
     },
     "instruct": {

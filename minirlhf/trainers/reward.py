@@ -73,6 +73,9 @@ class RewardConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     freeze_backbone: bool = field(default=False, metadata={"help": "train the scalar head only"})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=20, weight_decay=0.1))
+    unique: bool = field(default=False, metadata={
+        "help": "train on each distinct training row once: K samples per prompt from a confident policy repeat "
+                "the same pair many times (held-out rows keep their sampled frequencies)"})
     epochs: float = 3.0
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: from epochs)"})
     batch_size: int = field(default=32, metadata={"help": "pairs (or rankings) per optimizer step"})
@@ -183,6 +186,17 @@ def load_split(path, kind, tokenizer, template, cfg: RewardConfig, max_len: int)
     if not rows:
         raise ValueError(f"{path}: no usable {kind} rows ({len(bad) + len(unencodable)} skipped as bad)")
     return rows, len(bad) + len(unencodable)
+
+
+def unique_rows(rows: list[dict]) -> list[dict]:
+    """The rows with exact repeats (every field equal) dropped, first occurrences in order."""
+    seen, out = set(), []
+    for row in rows:
+        key = json.dumps(row, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +402,11 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         train_path = Path(cfg.rankings_file or data / "train_rankings.jsonl")
     kind = "ranking" if cfg.loss == "plackett_luce" else "preference"
     train_rows, skipped_train = load_split(train_path, kind, tokenizer, template, cfg, max_len)
+    repeats = 0
+    if cfg.unique:
+        n = len(train_rows)
+        train_rows = unique_rows(train_rows)
+        repeats = n - len(train_rows)
     test_rows, skipped_test = [], 0
     if cfg.test_file or test_path.is_file():
         test_rows, skipped_test = load_split(test_path, "preference", tokenizer, template, cfg, max_len)
@@ -412,7 +431,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     if tie is not None:
         run.track("tie", tie)
     mode = "LoRA" if cfg.lora.enabled else "head only" if cfg.freeze_backbone else "full fine-tuning"
-    print(f"[rm] {len(train_rows):,} {kind} rows from {train_path} ({skipped_train} skipped), "
+    print(f"[rm] {len(train_rows):,} {kind} rows from {train_path} ({skipped_train} skipped"
+          f"{f', {repeats:,} repeats dropped' if cfg.unique else ''}), "
           f"{len(test_rows):,} held-out pairs ({skipped_test} skipped); loss {cfg.loss}"
           f"{' with Davidson ties' if cfg.ties else ''}; {steps} steps, {mode}: {trainable_summary(model)}")
     start, _ = run.restore()
@@ -488,7 +508,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     final.update({"time": elapsed, "model": str(run.model_dir()), "trainable": trainable_summary(model),
                   "reward_mean": mean, "reward_std": std, "reward_sequences": n_seqs,
                   "data/train_rows": len(train_rows), "data/test_rows": len(test_rows),
-                  "data/skipped_train": skipped_train, "data/skipped_test": skipped_test, **extra_meta})
+                  "data/skipped_train": skipped_train, "data/skipped_test": skipped_test,
+                  "data/repeats_dropped": repeats, "steps": steps, **extra_meta})
     acc, ece = final.get("eval/rewards/accuracies"), final.get("eval/ece")
     held_out = f"held-out accuracy {acc:.3f}, ECE {ece:.3f}; " if acc is not None else ""
     print(f"[rm] done in {elapsed:.0f}s: {held_out}reward mean {mean:.3f}, std {std:.3f} over {n_seqs} "

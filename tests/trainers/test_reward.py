@@ -272,3 +272,17 @@ def test_the_rm_command(init, data, tmp_path):
     assert cli_main(["rm", "--init", str(init), "--data", str(data), "--steps", "2", "--batch-size", "4",
                      "--run.out", str(tmp_path), "--run.progress", "false"]) == 0
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_unique_drops_exact_repeats_of_a_training_row_only(init, tmp_path):
+    # K samples per prompt from a confident policy repeat the same pair many times
+    base = pairs("train", 6)
+    soft = dict(base[0], prob=0.75)  # same texts, another label: a different row, kept
+    write_jsonl(tmp_path / "train.jsonl", base * 3 + [soft])
+    write_jsonl(tmp_path / "test.jsonl", pairs("test", 2) * 2)
+    kept = train_reward_model(rm_cfg(init, tmp_path, tmp_path / "u", steps=0, epochs=1.0, unique=True))
+    assert kept["data/train_rows"] == 7 and kept["data/repeats_dropped"] == 12
+    assert kept["data/test_rows"] == 4  # held-out pairs keep their sampled frequencies
+    assert kept["steps"] == 1  # ceil(1 epoch * 7 rows / batch 8)
+    every = train_reward_model(rm_cfg(init, tmp_path, tmp_path / "all", steps=0, epochs=1.0))
+    assert every["data/train_rows"] == 19 and every["data/repeats_dropped"] == 0 and every["steps"] == 3
