@@ -518,8 +518,9 @@ def dpo(cfg: DPOConfig) -> dict:
                         round_file(cfg.run.out, r).parent.mkdir(parents=True, exist_ok=True)
                         write_jsonl(round_file(cfg.run.out, r), rows)
                     round_stats["round"] = r
-                    print(f"[dpo] round {r}: {round_stats['round/pairs']} pairs from {round_stats['round/prompts']}"
-                          f" prompts, mean sample score {round_stats['round/score']:.3f}")
+                    if run.is_main:
+                        print(f"[dpo] round {r}: {round_stats['round/pairs']} pairs from "
+                              f"{round_stats['round/prompts']} prompts, mean sample score {round_stats['round/score']:.3f}")
                 pool = build_pool(model, rows, tokenizer, template, cfg, run.device, ref_model, run.autocast)
         metrics = dict(round_stats) if online and local_step == 1 else {}
         if len(pool) < d.world_size:  # a round in which every pair was a tie or identical: nothing to learn
