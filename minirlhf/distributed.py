@@ -5,11 +5,13 @@
 The backend is gloo on CPU and NCCL on GPU. Every process holds the whole model and works on its
 share of each global batch:
 
-* SFT, the reward model and DPO wrap the model in DistributedDataParallel, which averages the
-  gradients; each rank scales its loss by (its tokens / all tokens) * world size, so the average
-  is exactly the gradient of the loss over the global batch.
-* PPO, TRPO and GRPO generate their share of the rollouts on every rank and all-reduce gradients
-  (and TRPO's Hessian-vector products) by hand; advantage whitening uses global statistics.
+* SFT wraps the model in DistributedDataParallel, which averages the gradients; each rank scales
+  its loss by (its tokens / all tokens) * world size, so the average is exactly the gradient of
+  the loss over the global batch. The reward model and DPO do the same with pairs in place of
+  tokens, averaging the gradients by hand after their micro-batches (all_reduce_gradients).
+* PPO, TRPO, GRPO and RLOO generate their share of the rollouts on every rank and all-reduce
+  gradients (and TRPO's Hessian-vector products) by hand; advantage whitening uses global
+  statistics, and GRPO's and RLOO's groups stay whole on one rank.
 
 Only rank 0 logs and writes checkpoints. In a single process every helper here is a no-op, so
 the trainers have one code path.
