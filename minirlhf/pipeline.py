@@ -20,9 +20,9 @@ from __future__ import annotations
 import ast
 import copy
 import json
-import sys
+import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ RECIPES = {
         "pretrain": {"steps": 2000, "batch_size": 32, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
         "sft": {"epochs": 2.0, "lora": {"enabled": True, "r": 16, "alpha": 32}},
         "collect": {"k": 8, "temperature": 1.5},
-        "rm": {"unique": True, "batch_size": 128, "epochs": 20.0, "optim": {"lr": 1e-3}, "eval_every": 200},
+        "rm": {"unique": True, "batch_size": 32, "epochs": 16.0, "eval_every": 400},
         "dpo": {"epochs": 1.0},
     },
     "instruct": {
@@ -242,6 +242,24 @@ def results_table(rows: dict[str, dict], times: dict[str, float], metric_name: s
     return "\n".join(lines)
 
 
+def command_line(cfg: PipelineConfig) -> str:
+    """The `minirlhf pipeline` command that gives ``cfg``: its fields that differ from the defaults, as flags."""
+    default, parts = PipelineConfig(), ["minirlhf pipeline"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if f.name == "set":
+            parts += [f"--set {shlex.quote(item)}" for item in value]
+        elif isinstance(value, bool):
+            parts.append(f"--{f.name}" if value else f"--{f.name} false")
+        elif isinstance(value, list):
+            parts.append(f"--{f.name} " + " ".join(shlex.quote(str(v)) for v in value))
+        else:
+            parts.append(f"--{f.name} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
 def pipeline(cfg: PipelineConfig) -> dict:
     from minirlhf.device import resolve_device, set_threads
 
@@ -271,7 +289,7 @@ def pipeline(cfg: PipelineConfig) -> dict:
     table = results_table(rows, times, metric_name)
     stage_times = " | ".join(f"{s} {times[s]:.0f}s" for s in stages if s in times)
     text = (f"# minirlhf pipeline: {cfg.task}{' (quick)' if cfg.quick else ''}\n\n"
-            f"Command: `minirlhf pipeline {' '.join(sys.argv[2:]) if len(sys.argv) > 2 else ''}`\n\n"
+            f"Command: `{command_line(cfg)}`\n\n"
             f"{table}\n\nStage times: {stage_times}; total {total:.0f}s.\n")
     if "rm" in results:
         rm = results["rm"]
