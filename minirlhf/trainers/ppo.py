@@ -65,10 +65,10 @@ class PPOConfig:
         default="separate", metadata={"help": "own GPT backbone, a head on the policy's backbone, or none"})
     critic_init: Literal["reward", "policy"] = field(
         default="reward", metadata={"help": "separate critic starts from the reward model or the SFT model"})
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, schedule="constant", grad_clip=1.0,
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, schedule="cosine", grad_clip=1.0,
                                                                   beta2=0.999))
     critic_lr: float = 5e-4
-    iterations: int = 60
+    iterations: int = 80
     batch_size: int = field(default=64, metadata={"help": "rollouts per iteration"})
     minibatch_size: int = 16
     ppo_epochs: int = 4
@@ -268,11 +268,12 @@ def ppo(cfg: PPOConfig) -> dict:
         prompts = shard(draw_prompts(train_prompts, cfg.batch_size, shuffle_gen), d)  # this rank's share
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
-        with timer("scoring"), torch.no_grad():
-            logits, values = ac(rollout, cfg.temperature)
-            rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
-            rollout.values = values
-            rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
+        with timer("scoring"), torch.no_grad():  # log-prob passes, then reward, KL penalty and GAE
+            with timer("logprobs"):  # policy (and critic) pass, reference pass
+                logits, values = ac(rollout, cfg.temperature)
+                rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
+                rollout.values = values
+                rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
             raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
             rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,

@@ -63,8 +63,9 @@ def test_ppo_variants_run_and_log_the_standard_metrics(sft_model, tmp_path, kw):
     rows = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for key in ("reward/score", "kl", "entropy", "approx_kl", "loss/policy", "response_length", "eos_share",
-                "time/generation", "time/scoring", "time/update"):
+                "time/generation", "time/logprobs", "time/scoring", "time/update"):
         assert key in rows[1], key
+    assert 0 < rows[1]["time/logprobs"] <= rows[1]["time/scoring"]  # the log-prob passes are part of scoring
     if kw.get("advantage") != "batch_norm":
         assert "explained_variance" in rows[1] and "loss/value" in rows[1]
     assert "eval/accuracy" in result
