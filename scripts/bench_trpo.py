@@ -52,9 +52,10 @@ def build_model(args) -> GPT:
 
         model, *_ = load_model(args.model, kind="gpt")
     else:
-        m = ModelSize()
+        m = ModelSize()  # block_size 0 means "the task's need"; here the benchmark's sequences set it
         torch.manual_seed(0)
-        model = GPT(GPTConfig(args.vocab, m.block_size, m.n_layer, m.n_head, m.n_embd))
+        block_size = m.block_size or max(64, args.prompt_len + args.response_len)
+        model = GPT(GPTConfig(args.vocab, block_size, m.n_layer, m.n_head, m.n_embd))
     if not args.full:
         apply_lora(model)
     return model.eval()

@@ -1,0 +1,28 @@
+"""The benchmark and plot scripts run end to end at their smallest settings (their figures are not
+checked here: speed is measured by running them, never asserted in tests)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def run(script, *args):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("bench_model.py", ["--threads", "1", "--repeats", "1", "--configs", "TINY", "--matmul-n", "128"],
+     "% of matmul"),
+    ("bench_dpo.py", ["--threads", "1", "--repeats", "1", "--steps", "2", "--warmup", "1", "--modes", "lora"],
+     "pairs/s"),
+    ("bench_trpo.py", ["--threads", "1", "--repeats", "1", "--batch", "8", "--cg-iters", "2"], "TRPO update"),
+    ("bench_ppo.py", ["--iterations", "3", "--skip-memory"], "update"),
+])
+def test_benchmark_runs(script, args, expect):
+    assert expect in run(script, *args)
