@@ -60,7 +60,7 @@ RECIPES = {
     },
     "instruct": {
         "task_args": [],
-        "pretrain": {"steps": 1000, "batch_size": 32, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
+        "pretrain": {"steps": 400, "batch_size": 32, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
         "sft": {"epochs": 3.0, "batch_size": 16, "lora": {"enabled": True, "r": 16, "alpha": 32}},
         "collect": {"judge": "heuristic", "n_prompts": 400, "k": 4, "n_test_prompts": 100},
         "rm": {"epochs": 2.0},
@@ -68,7 +68,7 @@ RECIPES = {
         "trpo": {"iterations": 20, "batch_size": 32},
         "grpo": {"iterations": 20, "prompts_per_iteration": 8, "group_size": 4, "reward": "RM"},
         "rloo": {"iterations": 20, "prompts_per_iteration": 8, "reward": "RM"},
-        "dpo": {"epochs": 2.0, "batch_size": 16},
+        "dpo": {"epochs": 2.0, "batch_size": 16, "dpo": {"beta": 0.1}},
     },
 }
 
