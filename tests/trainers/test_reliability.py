@@ -90,6 +90,7 @@ class WouldRunCode:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the crafted file is protocol 4, on purpose
 def test_a_checkpoint_that_would_run_code_is_refused(base, tmp_path):
     cfg = sft_cfg(base, tmp_path / "run", steps=2, save_every=1)
     sft(cfg)
