@@ -1,4 +1,4 @@
-"""Generate the instruct task's data: data/instruct/{sft.jsonl, test_prompts.jsonl, corpus.txt}.
+"""Generate the instruct task's data: minirlhf/tasks/data/instruct/{sft.jsonl, test_prompts.jsonl, corpus.txt}.
 
     python scripts/make_instruct_data.py            # rewrite the files (deterministic)
     python scripts/make_instruct_data.py --check    # fail if the files differ from a fresh run
@@ -837,7 +837,7 @@ TEST_TOPICS = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "data" / "instruct"
+OUT_DIR = ROOT / "minirlhf" / "tasks" / "data" / "instruct"
 SEED = 0
 STYLE_WEIGHTS = {"engaging": 0.35, "dry": 0.30, "short": 0.15, "rambling": 0.20}
 OPENERS = ["Hey there!", "Great question!", "Ooh, I love this one!", "Oh, this is a fun one!",

@@ -1,6 +1,6 @@
 """Explain-it-to-a-child instructions with a programmatic heuristic judge.
 
-The shipped data (data/instruct/, written by scripts/make_instruct_data.py):
+The shipped data (minirlhf/tasks/data/instruct/, written by scripts/make_instruct_data.py):
 
     sft.jsonl           480 {"prompt", "response"} demonstrations on 80 topics (science,
                         nature, everyday things), 5 prompt styles each ("Explain X to a
@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,19 +173,21 @@ def judge_score(prompt: str, response: str) -> float:
 # the shipped data
 # ----------------------------------------------------------------------------------------
 def default_data_dir() -> Path:
-    """data/instruct of a source checkout, or $MINIRLHF_DATA/instruct when that is set."""
+    """The data shipped inside the package (minirlhf/tasks/data/instruct, found through
+    importlib.resources so an installed wheel reads it too), or $MINIRLHF_DATA/instruct when that
+    is set."""
     root = os.environ.get("MINIRLHF_DATA")
     if root:
         return Path(root) / "instruct"
-    return Path(__file__).resolve().parents[2] / "data" / "instruct"
+    return Path(str(resources.files("minirlhf.tasks") / "data" / "instruct"))
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
     """Read a JSONL file of objects whose `fields` are strings; errors name file:line."""
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: not found. The instruct task reads the data shipped in the source tree "
-            f"(data/instruct); pass data_dir=... or set MINIRLHF_DATA to the data folder")
+            f"{path}: not found. The instruct task reads the data shipped in the package "
+            f"(minirlhf/tasks/data/instruct); pass data_dir=... or set MINIRLHF_DATA to the data folder")
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

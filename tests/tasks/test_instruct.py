@@ -32,7 +32,7 @@ def n_words(k: int, word: str = "w") -> str:
 # ---- shipped files ---------------------------------------------------------------------
 def test_shipped_files_parse_and_have_several_hundred_rows():
     d = default_data_dir()
-    assert d == ROOT / "data" / "instruct"
+    assert d == ROOT / "minirlhf" / "tasks" / "data" / "instruct"
     sft = [json.loads(line) for line in (d / "sft.jsonl").read_text("utf-8").splitlines()]
     test = [json.loads(line) for line in (d / "test_prompts.jsonl").read_text("utf-8").splitlines()]
     assert 300 <= len(sft) <= 600
