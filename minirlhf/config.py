@@ -39,6 +39,7 @@ import re
 import sys
 import types
 import typing
+import weakref
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
@@ -358,20 +359,28 @@ def _scalar_parser(tp: Any):
 
 
 class _ListAction(argparse.Action):
-    """`--key a b c` -> a list of parsed items; a single `none` is None for Optional lists."""
+    """`--key a b c` -> a list of parsed items; a single `none` is None for Optional lists. The first
+    `--key` on a command line replaces the default (or the TOML value); a repeated `--key` adds to it,
+    so `--set a=1 --set b=2` keeps both."""
 
     def __init__(self, *args, item_parser, optional, **kwargs):
         super().__init__(*args, **kwargs)
         self.item_parser, self.optional = item_parser, optional
+        self._given_in = None  # weak reference to the namespace of the parse that last set this flag
 
     def __call__(self, parser, namespace, values, option_string=None):
         if self.optional and len(values) == 1 and values[0].lower() in _NONE_WORDS:
             setattr(namespace, self.dest, None)
             return
         try:
-            setattr(namespace, self.dest, [self.item_parser(v) for v in values])
+            items = [self.item_parser(v) for v in values]
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentError(self, str(e)) from None
+        again = self._given_in is not None and self._given_in() is namespace  # this flag, this parse
+        if again and getattr(namespace, self.dest, None) is not None:
+            items = list(getattr(namespace, self.dest)) + items
+        self._given_in = weakref.ref(namespace)
+        setattr(namespace, self.dest, items)
 
 
 def _show_default(value: Any) -> str:

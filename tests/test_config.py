@@ -184,6 +184,14 @@ def test_bool_flag_alone_means_true_and_empty_list():
     assert resolve_config(Run, ["--ppo.whiten", "no"]).ppo.whiten is False
 
 
+def test_a_repeated_list_flag_adds_to_the_list_while_the_first_replaces_the_toml_value(tmp_path):
+    assert resolve_config(Run, ["--tags", "a", "--tags", "b", "c"]).tags == ["a", "b", "c"]
+    toml = tmp_path / "run.toml"
+    toml.write_text('tags = ["from-toml"]\n')
+    assert resolve_config(Run, [], toml_path=toml).tags == ["from-toml"]
+    assert resolve_config(Run, ["--tags", "x", "--tags", "y"], toml_path=toml).tags == ["x", "y"]
+
+
 def test_help_shows_field_help_and_default():
     help_text = " ".join(_parser().format_help().split())
     assert "--ppo.opt.lr FLOAT learning rate, 100% of the step (default: 0.0005)" in help_text
