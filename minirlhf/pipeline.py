@@ -5,6 +5,7 @@ PPO, TRPO, GRPO, RLOO and DPO, each from the same SFT start; then one table and 
     minirlhf pipeline --quick              a smoke run of every stage (about 2 minutes)
     minirlhf pipeline --task instruct      the instruction task with its heuristic judge
     minirlhf pipeline --set ppo.iterations=80 --set dpo.dpo.beta=0.2     change any stage's option
+    minirlhf pipeline --seeds 0 1 2        the experiment per seed; results.md gives mean ± sd and each seed
 
 Every stage writes its own run folder under ``--out`` (config.json, metrics.jsonl, checkpoints,
 model/), so each one can be inspected, plotted or re-run alone with its own command. The final
@@ -18,11 +19,12 @@ comparison evaluates every policy the same way on the same held-out prompts:
 from __future__ import annotations
 
 import ast
+import math
 import copy
 import json
 import shlex
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +42,9 @@ class PipelineConfig:
     out: str = field(default="runs/pipeline", metadata={"help": "folder for every stage's run"})
     quick: bool = field(default=False, metadata={"help": "a short smoke run of every stage"})
     seed: int = 0
+    seeds: list[int] = field(default_factory=list, metadata={
+        "help": "run the whole experiment once per seed (in <out>/seed-N) and report mean ± sd over them; "
+                "empty: one run with --seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = "auto"
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
@@ -260,11 +265,10 @@ def command_line(cfg: PipelineConfig) -> str:
     return " ".join(parts)
 
 
-def pipeline(cfg: PipelineConfig) -> dict:
-    from minirlhf.device import resolve_device, set_threads
+def run_one_seed(cfg: PipelineConfig) -> dict:
+    """The experiment for ``cfg.seed`` in ``cfg.out``: every stage, the comparison, results.md and a figure."""
+    from minirlhf.device import resolve_device
 
-    if cfg.threads > 0:
-        set_threads(cfg.threads)
     configs = stage_configs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,6 +311,97 @@ def pipeline(cfg: PipelineConfig) -> dict:
     except ImportError as e:  # matplotlib is an optional extra
         print(f"no plot: {e}")
     atomic_write_text(out / "results.md", text)
-    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "times": times, "total": total}, indent=2))
+    result = {"seed": cfg.seed, "rows": rows, "times": times, "total": total,
+              "rm": {k: v for k, v in results.get("rm", {}).items() if k in ("eval/accuracy", "eval/ece")}}
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     print("\n" + text)
-    return {"rows": rows, "times": times, "total": total}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Several seeds: the same experiment per seed, then mean ± sd per cell
+# ---------------------------------------------------------------------------------------------
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, sd
+
+
+def seeds_tables(per_seed: list[dict], metric_name: str) -> str:
+    """Markdown: one table of mean ± sd over seeds per policy, then every seed's own row."""
+    cols = [("accuracy", f"{metric_name} (greedy)"), ("accuracy_t1", f"{metric_name} (t=1)"),
+            ("reward", "reward"), ("kl_to_sft", "KL to SFT")]
+    policies = list(per_seed[0]["rows"])
+    n = len(per_seed)
+
+    def cell(values: list[float], digits: int = 3) -> str:
+        if not values:
+            return "-"
+        m, sd = mean_sd(values)
+        return f"{m:.{digits}f} ± {sd:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+
+    head = "| policy | " + " | ".join(c for _, c in cols) + " | time (s) |"
+    lines = [f"Mean ± sd over {n} seeds ({', '.join(str(r['seed']) for r in per_seed)}; sd with n - 1):", "",
+             head, "|---" * (len(cols) + 2) + "|"]
+    for p in policies:
+        vals = [cell([r["rows"][p][k] for r in per_seed if k in r["rows"][p]]) for k, _ in cols]
+        times = [r["times"][p] for r in per_seed if p in r["times"]]
+        lines.append(f"| {p} | " + " | ".join(vals) + f" | {cell(times, 0)} |")
+    lines += ["", "Each seed:", "", "| seed | policy | " + " | ".join(c for _, c in cols) + " |",
+              "|---" * (len(cols) + 2) + "|"]
+    for r in per_seed:
+        for p in policies:
+            row = r["rows"][p]
+            vals = [f"{row[k]:.3f}" if k in row else "-" for k, _ in cols]
+            lines.append(f"| {r['seed']} | {p} | " + " | ".join(vals) + " |")
+    stages = list(dict.fromkeys(s for r in per_seed for s in r["times"]))
+    stage_times = " | ".join(f"{s} {cell([r['times'][s] for r in per_seed if s in r['times']], 0)}s" for s in stages)
+    lines += ["", f"Stage times: {stage_times}; total {cell([r['total'] for r in per_seed], 0)}s."]
+    rm = {k: [r["rm"][k] for r in per_seed if k in r.get("rm", {})] for k in ("eval/accuracy", "eval/ece")}
+    if any(rm.values()):
+        lines += ["", "Reward model (held-out pairs): " + ", ".join(f"{k} {cell(v)}" for k, v in rm.items() if v)]
+    return "\n".join(lines)
+
+
+def pipeline(cfg: PipelineConfig) -> dict:
+    """One run (``--seed``), or one per seed of ``--seeds`` in <out>/seed-N with a summary over them."""
+    from minirlhf.device import set_threads
+
+    if cfg.threads > 0:
+        set_threads(cfg.threads)
+    if not cfg.seeds:
+        return run_one_seed(cfg)
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"--seeds: each seed once, got {cfg.seeds}")
+    stage_configs(cfg)  # refuse a bad task, algorithm or --set before the first seed's run
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "pipeline.json")
+    per_seed = []
+    for seed in cfg.seeds:
+        print(f"\n##### seed {seed} #####", flush=True)
+        per_seed.append(run_one_seed(replace(cfg, seed=seed, seeds=[], out=str(out / f"seed-{seed}"))))
+    from minirlhf.tasks import TASKS
+
+    metric_name = TASKS[cfg.task].metric_name
+    text = (f"# minirlhf pipeline: {cfg.task}{' (quick)' if cfg.quick else ''}, {len(cfg.seeds)} seeds\n\n"
+            f"Command: `{command_line(cfg)}`\n\n{seeds_tables(per_seed, metric_name)}\n\n"
+            f"Each seed's own results.md, run folders and figure are in seed-N/.\n")
+    try:
+        from minirlhf.plotting import plot_runs
+
+        runs = {a: [str(out / f"seed-{s}" / a) for s in cfg.seeds] for a in ALGORITHMS if a in cfg.algorithms}
+        plot_runs(runs, keys=["reward/score", "kl", f"eval/{metric_name}"], x="time",
+                  out_path=str(out / "curves.png"), title=f"minirlhf pipeline: {cfg.task}, seeds {cfg.seeds}")
+        text += f"\n![reward, KL and held-out {metric_name} against time, one line per seed](curves.png)\n"
+    except ImportError as e:
+        print(f"no plot: {e}")
+    summary = {"seeds": cfg.seeds, "per_seed": per_seed}
+    atomic_write_text(out / "results.md", text)
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    print("\n" + text)
+    return summary

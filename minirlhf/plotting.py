@@ -4,7 +4,8 @@
     plot_runs({"PPO": "runs/ppo", "DPO": "runs/dpo"}, keys=["reward/score", "kl", "eval/accuracy"],
               x="time", out_path="curves.png")
 
-Each run is a line of its own colour in every panel it has data for; a run that never logged a
+Each run is a line of its own colour in every panel it has data for (a label may name a list of
+folders, one per seed: they share the label's colour and legend entry); a run that never logged a
 key is simply absent from that panel, and a key no run logged gets no panel. Metrics logged only
 now and then (evaluations every N steps) are drawn with markers. `keys=None` plots the standard
 keys (DEFAULT_KEYS) that some run has.
@@ -113,7 +114,7 @@ def _import_matplotlib():
 
 
 def plot_runs(
-    run_dirs: Mapping[str, str | os.PathLike],
+    run_dirs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]],
     keys: Sequence[str] | None = None,
     x: str = "time",
     out_path: str | os.PathLike = "curves.png",
@@ -123,7 +124,8 @@ def plot_runs(
 ) -> dict:
     """Draw every run's curves for `keys` against `x` into one image; returns what was drawn.
 
-    run_dirs  {label: run folder (or metrics.jsonl path)}; labels name the lines in the legend
+    run_dirs  {label: run folder (or metrics.jsonl path), or a list of them (seeds of one method,
+              drawn in one colour)}; labels name the lines in the legend
     keys      metric names, one panel each; None: the DEFAULT_KEYS that some run logged (or, if
               none of those, every numeric key). Keys no run logged are skipped and reported.
     x         "time" (wall seconds) or "step" (any numeric key works)
@@ -134,7 +136,17 @@ def plot_runs(
     """
     if not isinstance(smooth, int) or smooth < 0:
         raise ValueError(f"smooth: expected an int >= 0 (the moving-average window), got {smooth!r}")
-    runs = load_runs(run_dirs)
+    groups = {label: [path] if isinstance(path, (str, os.PathLike)) else list(path)
+              for label, path in run_dirs.items()}
+    if any(not paths for paths in groups.values()):
+        raise ValueError(f"run_dirs: a label with no run folder: {[k for k, v in groups.items() if not v]}")
+    members = {(label, i): path for label, paths in groups.items() for i, path in enumerate(paths)}
+    loaded = load_runs({f"{label} #{i}" if len(groups[label]) > 1 else label: path
+                        for (label, i), path in members.items()})
+    group_rows = {label: [] for label in groups}  # {label: [rows of each of its runs]}
+    for (label, _), rows in zip(members, loaded.values()):
+        group_rows[label].append(rows)
+    runs = {label: [row for rows in seqs for row in rows] for label, seqs in group_rows.items()}
     if not any(_number(row.get(x)) is not None for rows in runs.values() for row in rows):
         raise ValueError(f"x: no run logged a number for {x!r}; expected one of {', '.join(X_AXES)} or a metric key")
     available = {label: set(numeric_keys(rows)) for label, rows in runs.items()}
@@ -161,17 +173,19 @@ def plot_runs(
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = {label: f"C{i % 10}" for i, label in enumerate(runs)}  # one colour per run, in every panel
     for ax, key in zip(axes.flat, plotted):
-        for label, rows in runs.items():
-            xs, ys = metric_series(rows, key, x)
-            if not xs:
-                continue
-            color = colors[label]
-            if smooth > 1 and len(ys) > smooth:
-                ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1.0)
-                ax.plot(xs, _moving_average(ys, smooth), color=color, linewidth=1.8)
-            else:
-                marker = "o" if len(xs) <= _SPARSE else None
-                ax.plot(xs, ys, color=color, linewidth=1.6, marker=marker, markersize=3.5)
+        for label, seqs in group_rows.items():
+            for rows in seqs:
+                xs, ys = metric_series(rows, key, x)
+                if not xs:
+                    continue
+                color = colors[label]
+                if smooth > 1 and len(ys) > smooth:
+                    ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1.0)
+                    ax.plot(xs, _moving_average(ys, smooth), color=color, linewidth=1.8)
+                else:
+                    marker = "o" if len(xs) <= _SPARSE else None
+                    ax.plot(xs, ys, color=color, linewidth=1.6, marker=marker, markersize=3.5,
+                            alpha=1.0 if len(seqs) == 1 else 0.7)
         ax.set_title(key, loc="left", fontsize=11, fontweight="bold")
         if key in missing:
             ax.set_title("not logged by " + ", ".join(missing[key]), loc="right", fontsize=8, color="0.45")

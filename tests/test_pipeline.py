@@ -46,7 +46,8 @@ def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plo
     out = tmp_path / "p"
     tiny = ["pretrain.task.args=['max_operand=9', 'max_test=20']", "pretrain.model.n_layer=1",
             "pretrain.model.n_embd=32", "pretrain.model.n_head=2", "pretrain.steps=10", "sft.steps=4",
-            "rm.steps=4", "dpo.steps=2"]
+            "rm.steps=4", "dpo.steps=2", "collect.tie_policy=half"]  # a 10-step model is wrong on every test
+            # question, so the gold judge ties every test pair: kept as half labels, the rm has held-out rows
     args = ["pipeline", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "16"]
     cli_main(args + [x for item in tiny for x in ("--set", item)])
     results = json.loads((out / "results.json").read_text())
@@ -58,5 +59,58 @@ def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plo
     text = (out / "results.md").read_text()
     assert text.startswith("# minirlhf pipeline: arithmetic (quick)") and "| ppo |" in text and "| dpo |" in text
     assert "Command: `minirlhf pipeline --out" in text and "Reward model (held-out pairs)" in text
+    configs = {s: json.loads((out / s / "config.json").read_text()) for s in ("pretrain", "sft", "rm", "dpo")}
+    assert configs["pretrain"]["model"]["n_layer"] == 1 and configs["pretrain"]["steps"] == 10  # every --set applied
+    assert configs["sft"]["steps"] == 4 and configs["rm"]["steps"] == 4 and configs["dpo"]["steps"] == 2
     assert (out / "curves.png").stat().st_size > 0
     assert "| sft |" in capsys.readouterr().out
+
+
+def test_mean_and_sample_sd_match_hand_numbers():
+    from minirlhf.pipeline import mean_sd
+
+    m, sd = mean_sd([0.5, 0.7, 0.9])
+    assert m == pytest.approx(0.7) and sd == pytest.approx(0.2)  # sqrt((0.04 + 0 + 0.04) / 2)
+    assert mean_sd([0.3]) == (0.3, 0.0)
+
+
+def test_seeds_tables_give_mean_sd_per_cell_and_every_seed_row():
+    from minirlhf.pipeline import seeds_tables
+
+    def result(seed, acc, t):
+        return {"seed": seed, "total": 10.0 * t, "times": {"pretrain": t, "ppo": 2 * t},
+                "rows": {"sft": {"accuracy": 0.5, "accuracy_t1": 0.5, "kl_to_sft": 0.0},
+                         "ppo": {"accuracy": acc, "accuracy_t1": acc - 0.1, "reward": 1.0, "kl_to_sft": 0.5}},
+                "rm": {"eval/accuracy": 0.9}}
+
+    text = seeds_tables([result(0, 0.6, 1.0), result(1, 0.8, 3.0)], "accuracy")
+    assert "Mean ± sd over 2 seeds (0, 1" in text
+    # ppo accuracy: mean 0.7, sd sqrt(2 * 0.1**2 / 1) = 0.141; time: 2 and 6 -> 4 ± 3
+    assert "| ppo | 0.700 ± 0.141 | 0.600 ± 0.141 | 1.000 ± 0.000 | 0.500 ± 0.000 | 4 ± 3 |" in text
+    assert "| sft | 0.500 ± 0.000 | 0.500 ± 0.000 | - | 0.000 ± 0.000 | - |" in text
+    assert "| 1 | ppo | 0.800 | 0.700 | 1.000 | 0.500 |" in text
+    assert "pretrain 2 ± 1s" in text and "eval/accuracy 0.900 ± 0.000" in text
+
+
+def test_a_tiny_pipeline_over_two_seeds_writes_each_seed_and_the_summary(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "p"
+    tiny = ["pretrain.task.args=['max_operand=9', 'max_test=20']", "pretrain.model.n_layer=1",
+            "pretrain.model.n_embd=32", "pretrain.model.n_head=2", "pretrain.steps=6", "sft.steps=2",
+            "rm.steps=2", "rloo.iterations=1", "collect.tie_policy=half"]
+    args = ["pipeline", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "8", "--algorithms", "rloo",
+            "--seeds", "3", "5"]
+    cli_main(args + [x for item in tiny for x in ("--set", item)])
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["seeds"] == [3, 5] and [r["seed"] for r in summary["per_seed"]] == [3, 5]
+    for seed in (3, 5):
+        one = json.loads((out / f"seed-{seed}" / "results.json").read_text())
+        assert one["seed"] == seed and set(one["rows"]) == {"sft", "rloo"}
+        assert json.loads((out / f"seed-{seed}" / "sft" / "config.json").read_text())["run"]["seed"] == seed
+    # different seeds pretrain different models
+    a, b = (json.loads((out / f"seed-{s}" / "results.json").read_text())["rows"]["rloo"] for s in (3, 5))
+    assert a != b
+    text = (out / "results.md").read_text()
+    assert "2 seeds" in text and "| 3 | rloo |" in text and "| 5 | sft |" in text and (out / "curves.png").is_file()
+    with pytest.raises(ValueError, match="each seed once"):
+        cli_main(["pipeline", "--seeds", "1", "1", "--out", str(tmp_path / "q")])

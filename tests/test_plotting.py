@@ -63,6 +63,21 @@ def test_plot_runs_writes_a_png_with_every_run_drawn(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, no temporary left behind
 
 
+def test_a_label_with_several_seeds_draws_them_all_in_one_colour(tmp_path):
+    mpl_image = pytest.importorskip("matplotlib.image")
+    seeds = [_write_run(tmp_path / f"s{i}" / "ppo", _ppo_like(scale=0.5 + 0.25 * i)) for i in range(3)]
+    out = tmp_path / "seeds.png"
+    drawn = plot_runs({"PPO": seeds}, keys=["reward/score"], x="time", out_path=out)
+    assert drawn["keys"] == ["reward/score"]
+    img = mpl_image.imread(out)
+    assert _count_color(img, (0x1F / 255, 0x77 / 255, 0xB4 / 255), tol=0.2) > 100  # C0: the label's colour
+    assert _count_color(img, (0xFF / 255, 0x7F / 255, 0x0E / 255)) == 0  # no second colour for a second seed
+    with pytest.raises(FileNotFoundError, match="PPO #1"):
+        plot_runs({"PPO": [seeds[0], tmp_path / "nowhere"]}, keys=["kl"], out_path=out)
+    with pytest.raises(ValueError, match="no run folder"):
+        plot_runs({"PPO": []}, keys=["kl"], out_path=out)
+
+
 def test_keys_missing_from_some_or_all_runs_are_skipped_and_reported(tmp_path):
     pytest.importorskip("matplotlib")
     a = _write_run(tmp_path / "ppo", _ppo_like())
