@@ -238,8 +238,18 @@ def collect_split(model, tokenizer, template, task, prompts: list[str], judge, c
         "share_prompts_with_wrong": any_wrong / n,
         "distinct_per_prompt": distinct / n,
         "share_empty_samples": n_empty_samples / max(1, len(prompts) * cfg.k),
+        "binary_scores": all(sc in (0.0, 1.0) for sample in samples for sc in sample["scores"]),
     })
     return rows, rankings, samples, summary
+
+
+def score_shares(summary: dict, correct_at: float) -> str:
+    """The share of prompts with a good and with a poor sample, in the task's words: "correct / wrong"
+    for a 0/1 check such as arithmetic, the threshold itself for a graded score such as the instruct judge."""
+    good, poor = summary["share_prompts_with_correct"], summary["share_prompts_with_wrong"]
+    if summary["binary_scores"]:
+        return f"correct in {good:.0%} / wrong in {poor:.0%} of prompts"
+    return f"a sample scoring >= {correct_at:g} in {good:.0%} / below it in {poor:.0%} of prompts"
 
 
 def _check_config(cfg: CollectConfig) -> None:
@@ -303,8 +313,7 @@ def collect(cfg: CollectConfig) -> dict:
               f"{split_summary['rows']} rows from {split_summary['pairs']} pairs "
               f"({split_summary['ties']} ties{' dropped' if cfg.tie_policy == 'drop' else ' kept'}, "
               f"{split_summary['identical']} identical and {split_summary['empty']} empty skipped); "
-              f"{split_summary['rankings']} rankings; correct in {split_summary['share_prompts_with_correct']:.0%} "
-              f"/ wrong in {split_summary['share_prompts_with_wrong']:.0%} of prompts; "
+              f"{split_summary['rankings']} rankings; {score_shares(split_summary, cfg.correct_at)}; "
               f"{split_summary['distinct_per_prompt']:.2f} distinct samples per prompt"
               + (f"; Fleiss' kappa {kappa:.3f}" if kappa is not None else ""))
     summary["time"] = time.perf_counter() - t0

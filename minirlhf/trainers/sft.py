@@ -42,7 +42,7 @@ class SFTConfig:
     truncation: Literal["error", "left"] = "error"
     eval_every: int = 200
     eval_prompts: int = field(default=300, metadata={"help": "held-out prompts evaluated"})
-    samples: int = field(default=4, metadata={"help": "greedy samples printed at each eval"})
+    samples: int = field(default=4, metadata={"help": "greedy samples printed once, at the final evaluation"})
 
 
 def sft_batch(encoded, order: torch.Tensor, step: int, batch_size: int, seed: int) -> list:
@@ -147,7 +147,8 @@ def sft(cfg: SFTConfig) -> dict:
         opt.zero_grad(set_to_none=True)
         metrics = {"loss": loss, "lr": lr, "grad_norm": float(grad_norm)}
         if (step % cfg.eval_every == 0 or step == steps) and run.is_main:
-            last_eval = sft_eval(model, task, tokenizer, template, eval_encoded, cfg, run.device)
+            last_eval = sft_eval(model, task, tokenizer, template, eval_encoded, cfg, run.device,
+                                 print_samples=step == steps)
             metrics.update(last_eval)
         run.log(step, metrics)
         run.maybe_save(step, steps)

@@ -194,3 +194,13 @@ def test_the_collect_command(policy, tmp_path):
                      "--n-test-prompts", "3", "--k", "3", "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["prompts"] == 5 and summary["test"]["pairs"] == 3 * 3
+
+
+def test_the_summary_line_speaks_of_correct_answers_only_for_a_0_1_check():
+    from minirlhf.trainers.collect import score_shares
+
+    shares = {"share_prompts_with_correct": 0.25, "share_prompts_with_wrong": 1.0}
+    assert score_shares({**shares, "binary_scores": True}, 0.5) == "correct in 25% / wrong in 100% of prompts"
+    graded = score_shares({**shares, "binary_scores": False}, 0.5)
+    assert graded == "a sample scoring >= 0.5 in 25% / below it in 100% of prompts"
+    assert "correct" not in graded and "wrong" not in graded

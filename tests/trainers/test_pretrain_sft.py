@@ -52,6 +52,16 @@ def test_sft_trains_only_what_it_should(base, tmp_path, lora):
         assert "wte.weight" in changed and "h.0.mlp.c_fc.weight" in changed
 
 
+def test_sft_prints_its_sample_answers_once_at_the_end(base, tmp_path, capsys):
+    cfg = sft_cfg(base, tmp_path / "sft", steps=5)  # evaluations at steps 3 and 5
+    cfg.samples, cfg.eval_every = 2, 3
+    sft(cfg)
+    out = capsys.readouterr().out
+    assert out.count("(reference:") == 2  # two samples, printed once
+    rows = read_metrics(tmp_path / "sft" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [3, 5]  # while both evaluations ran
+
+
 def test_interrupted_and_resumed_sft_matches_an_uninterrupted_run(base, tmp_path, monkeypatch):
     full = sft_cfg(base, tmp_path / "full", steps=6, save_every=2)
     sft(full)
