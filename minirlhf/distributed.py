@@ -51,7 +51,13 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
         return SINGLE
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        if device is not None and device.type == "cuda":
+            # each rank its own GPU before NCCL starts; CPU tensors (the float sums of global_sum,
+            # gathered objects) go through gloo, CUDA tensors through NCCL
+            torch.cuda.set_device(local)
+            backend = "cpu:gloo,cuda:nccl"
+        else:
+            backend = "gloo"
         dist.init_process_group(backend)
     return DistInfo(rank, world, local)
 
