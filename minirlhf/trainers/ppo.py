@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from minirlhf.config import ConfigError
 from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_whiten, loss_scale,
                                   shard)
 from minirlhf.heads import ScalarHead
@@ -46,9 +47,11 @@ from minirlhf.trainers.rl_common import draw_prompts, evaluate, policy_and_refer
 @dataclass
 class KLConfig:
     coef: float = field(default=0.1, metadata={"help": "initial beta of the KL penalty"})
-    estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={"help": "per-token KL estimate"})
-    where: Literal["reward", "loss"] = field(default="reward",
-                                             metadata={"help": "penalty in the per-token reward, or a loss term"})
+    estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={
+        "help": "per-token KL estimate; with where=loss use k2 or k3 (k1's expected gradient is zero there)"})
+    where: Literal["reward", "loss"] = field(default="reward", metadata={
+        "help": "penalty in the per-token reward, or a loss term (loss: needs estimator k2, the gradient of "
+                "KL(pi||pi_ref), or k3, the gradient of KL(pi_ref||pi))"})
     adaptive: bool = field(default=True, metadata={"help": "Ziegler et al.'s controller toward target"})
     target: float = field(default=1.0, metadata={"help": "target KL per response (nats, summed over tokens)"})
     horizon: int = field(default=500, metadata={"help": "controller horizon (in rollouts)"})
@@ -93,6 +96,16 @@ class PPOConfig:
     missing_eos_penalty: float | None = field(default=-1.0, metadata={"help": "score of a response with no EOS (none: off)"})
     eval_every: int = 10
     eval_prompts: int = 300
+
+    def __post_init__(self):
+        if self.kl.where == "loss" and self.kl.estimator == "k1":
+            # On-policy, E_{y~pi}[grad (log pi(y) - log pi_ref(y))] = E_pi[grad log pi] = sum_y grad pi(y) = 0
+            # (objectives.grpo_kl_penalty's docstring; tests/objectives/test_grpo_kl.py).
+            raise ConfigError(
+                "config key 'kl.estimator': k1 = log pi - log pi_ref as a loss term (kl.where=loss) has zero "
+                "expected gradient under on-policy samples (E_pi[grad log pi] = 0), so the KL penalty would do "
+                "nothing. Use --kl.estimator k2 (its expected gradient is that of KL(pi||pi_ref)) or "
+                "--kl.estimator k3 (that of KL(pi_ref||pi)), or keep k1 in the reward with --kl.where reward")
 
 
 class ActorCritic(nn.Module):

@@ -115,3 +115,21 @@ def test_ppo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     ppo(part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("argv", [["--kl.where", "loss"], ["--kl.where", "loss", "--kl.estimator", "k1"]])
+def test_kl_in_the_loss_with_k1_is_refused_with_the_reason(argv):
+    """E_{y~pi}[grad (log pi(y) - log pi_ref(y))] = E_pi[grad log pi] = 0: a k1 term in the loss would
+    do nothing, so the config is refused, naming the key and the estimators that work."""
+    from minirlhf.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError) as e:
+        resolve_config(PPOConfig, argv)
+    msg = str(e.value)
+    assert "'kl.estimator'" in msg and "k1" in msg and "zero expected gradient" in msg
+    assert "--kl.estimator k2" in msg and "--kl.where reward" in msg
+    for estimator in ("k2", "k3"):
+        cfg = resolve_config(PPOConfig, ["--kl.where", "loss", "--kl.estimator", estimator])
+        assert (cfg.kl.where, cfg.kl.estimator) == ("loss", estimator)
+    assert resolve_config(PPOConfig, ["--kl.estimator", "k1"]).kl.where == "reward"  # k1 in the reward is fine
+
