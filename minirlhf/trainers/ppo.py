@@ -10,6 +10,7 @@ One iteration (Schulman et al., 2017, Algorithm 1; Ziegler et al., 2019; Ouyang 
     5. several epochs of minibatch steps on
            L = L_clip(theta) + c_v L_V(psi) - c_H H(pi_theta)                        (ppo_policy_loss, value_loss)
     6. adapt beta toward a KL target                                                 (AdaptiveKLController)
+       (PPO-penalty: its own beta from KL[pi_old, pi] after the update)             (kl_after_update)
 
 Every implementation detail is a named option with its default below. Variants:
 ``policy_loss="penalty"`` is PPO with an adaptive KL(old || new) penalty instead of the clip
@@ -27,15 +28,15 @@ import torch
 import torch.nn as nn
 
 from minirlhf.config import ConfigError
-from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_whiten, loss_scale,
-                                  shard)
+from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_sums, global_whiten,
+                                  loss_scale, shard)
 from minirlhf.heads import ScalarHead
 from minirlhf.lora import lora_disabled, trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, AdaptiveKLPenalty, FixedKLController, batch_normalized_advantages,
                                  broadcast_to_tokens, entropy_from_logits, explained_variance, gae, kl_estimate,
-                                 kl_penalized_rewards, logprobs_from_logits, masked_mean, ppo_penalty_loss,
-                                 ppo_policy_loss, value_loss)
+                                 kl_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
+                                 ppo_penalty_loss, ppo_policy_loss, value_loss)
 from minirlhf.rollout import RewardModelScorer, Rollout, VerifierScorer, response_logprobs, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.tokenizer import check_same_tokenizer
@@ -118,11 +119,14 @@ class ActorCritic(nn.Module):
         self.critic = critic if mode == "separate" else None
         self.value_head = ScalarHead(policy.config.n_embd, init_std=0.0) if mode == "shared" else None
 
-    def forward(self, rollout: Rollout, temperature: float):
-        """Response logits / temperature (B,R,V) and values (B,R) (None without a critic)."""
+    def forward(self, rollout: Rollout, temperature: float, values: bool = True):
+        """Response logits / temperature (B,R,V) and values (B,R) (None without a critic, or when
+        ``values`` is False)."""
         P = rollout.prompt_width
         h = self.policy.hidden_states(rollout.input_ids, rollout.attention_mask)  # (B,P+R,C)
         logits = self.policy.lm_head(h[:, P - 1 : -1]) / temperature  # (B,R,V)
+        if not values:
+            return logits, None
         if self.mode == "shared":
             values = self.value_head(h[:, P - 1 : -1])
         elif self.mode == "separate":
@@ -210,9 +214,32 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
     out = {k: global_mean(sum(v) / len(v), d) for k, v in stats.items() if v}
     out["ppo_epochs_done"] = epoch + 1
     if penalty is not None:
-        penalty.update(out["approx_kl"])
+        # d is KL[pi_old, pi] AFTER the update (Schulman et al., 2017, section 4), not the mean approx_kl
+        # of the minibatch steps, which is measured before each step (its first term is always ~0).
+        out["penalty_kl"] = kl_after_update(cfg, ac, rollout, d)
+        penalty.update(out["penalty_kl"])
         out["penalty_beta"] = penalty.value
     return out
+
+
+@torch.no_grad()
+def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistInfo = SINGLE) -> float:
+    """d = E_t[KL[pi_old(.|s_t), pi(.|s_t)]]: the exact KL between the full next-token distributions of
+    the sampling policy (``rollout.extra["old_logits"]``, (B,R,V), already / temperature) and the
+    updated one, averaged over every response token of the global batch."""
+    if "old_logits" not in rollout.extra:
+        raise ValueError("policy_loss='penalty' measures KL[pi_old, pi] after the update from the sampling "
+                         "policy's logits: set rollout.extra['old_logits'] (B,R,V) before ppo_update")
+    total, count = 0.0, 0.0
+    per_rank = max(1, cfg.minibatch_size // d.world_size)
+    for start in range(0, rollout.batch_size, per_rank):
+        mb = rollout.select(torch.arange(start, min(start + per_rank, rollout.batch_size)))
+        logits, _ = ac(mb, cfg.temperature, values=False)  # (b,R,V)
+        kl = kl_from_logits(mb.extra["old_logits"].float(), logits.float())  # (b,R)
+        total += float((kl * mb.mask).sum())
+        count += float(mb.mask.sum())
+    total, count = global_sums([total, count], d)
+    return total / max(count, 1.0)
 
 
 def build_scorer(cfg: PPOConfig, tokenizer, device):
@@ -286,6 +313,8 @@ def ppo(cfg: PPOConfig) -> dict:
                 logits, values = ac(rollout, cfg.temperature)
                 rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
                 rollout.values = values
+                if penalty is not None:  # pi_old's distributions, for the KL after the update
+                    rollout.extra["old_logits"] = logits
                 rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
             raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value

@@ -133,3 +133,48 @@ def test_kl_in_the_loss_with_k1_is_refused_with_the_reason(argv):
         assert (cfg.kl.where, cfg.kl.estimator) == ("loss", estimator)
     assert resolve_config(PPOConfig, ["--kl.estimator", "k1"]).kl.where == "reward"  # k1 in the reward is fine
 
+
+def test_penalty_beta_is_adapted_to_the_kl_after_the_update(sft_model, tmp_path):
+    """PPO-penalty (Schulman et al., 2017, section 4): d = E_t[KL[pi_old(.|s_t), pi(.|s_t)]] measured
+    AFTER the policy update. The value given to the beta rule must equal that KL, computed here from
+    the full next-token distributions before and after."""
+    from minirlhf.objectives import AdaptiveKLPenalty, logprobs_from_logits
+    from minirlhf.trainers.common import LoRAConfig
+    from minirlhf.trainers.ppo import ActorCritic, ppo_update
+    from minirlhf.trainers.rl_common import policy_and_reference
+
+    torch.manual_seed(0)
+    policy, tok, template, _ = load_model(sft_model)
+    policy, _ = policy_and_reference(policy, LoRAConfig(enabled=True))
+    ac = ActorCritic(policy, "none").eval()
+    cfg = ppo_cfg(sft_model, tmp_path / "ppo", policy_loss="penalty", batch_size=16, minibatch_size=4, ppo_epochs=4,
+                  critic="none", advantage="batch_norm", temperature=0.8)
+    prompts = [f"Q: {a}+{b}=\nA:" for a, b in zip(range(8), range(8, 0, -1))] * 2
+    rollout = sample(policy, tok, template, prompts, 4, 0.8, torch.Generator().manual_seed(3))
+    P, m = rollout.prompt_width, rollout.mask
+    with torch.no_grad():
+        old_logits, _ = ac(rollout, 0.8)  # (B,R,V), already / temperature
+    rollout.logprobs = logprobs_from_logits(old_logits, rollout.input_ids[:, P:])
+    rollout.ref_logprobs = rollout.logprobs.clone()
+    rollout.extra["old_logits"] = old_logits
+    advantages = torch.randn(m.shape, generator=torch.Generator().manual_seed(4)) * m
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    penalty, passed = AdaptiveKLPenalty(1.0, 0.01), []
+    rule = penalty.update
+    penalty.update = lambda kl, n_steps=1: (passed.append(kl), rule(kl, n_steps))[1]
+
+    class Run:
+        def check_finite(self, *args, **kwargs):
+            pass
+
+    out = ppo_update(cfg, ac, optimizer, rollout, advantages, None, rollout.ref_logprobs, 0.0, penalty,
+                     torch.Generator().manual_seed(5), Run(), 1)
+    with torch.no_grad():
+        new_logits = policy(rollout.input_ids, rollout.attention_mask)[:, P - 1 : -1] / 0.8  # (B,R,V)
+    old_lp, new_lp = torch.log_softmax(old_logits.double(), -1), torch.log_softmax(new_logits.double(), -1)
+    kl_tok = (old_lp.exp() * (old_lp - new_lp)).sum(-1)  # (B,R) KL[pi_old, pi] at every response position
+    d = float((kl_tok * m).sum() / m.sum())
+    assert d > 1e-3  # the policy moved
+    assert len(passed) == 1 and passed[0] == pytest.approx(d, rel=1e-4, abs=1e-7)
+    assert out["penalty_beta"] == penalty.value
+
