@@ -30,7 +30,7 @@ import torch.nn as nn
 from minirlhf.config import ConfigError
 from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_sums, global_whiten,
                                   loss_scale, shard)
-from minirlhf.heads import ScalarHead
+from minirlhf.heads import ScalarHead, fold_normalization
 from minirlhf.lora import lora_disabled, trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, AdaptiveKLPenalty, FixedKLController, batch_normalized_advantages,
@@ -67,8 +67,9 @@ class PPOConfig:
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
     critic: Literal["separate", "shared", "none"] = field(
         default="separate", metadata={"help": "own GPT backbone, a head on the policy's backbone, or none"})
-    critic_init: Literal["reward", "policy"] = field(
-        default="reward", metadata={"help": "separate critic starts from the reward model or the SFT model"})
+    critic_init: Literal["reward", "policy"] = field(default="reward", metadata={
+        "help": "separate critic starts from the reward model (its head rescaled to the normalised rewards "
+                "when reward_normalize is on) or the SFT model"})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, schedule="cosine", grad_clip=1.0,
                                                                   beta2=0.999))
     critic_lr: float = 5e-4
@@ -252,6 +253,21 @@ def build_scorer(cfg: PPOConfig, tokenizer, device):
     return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip), rm
 
 
+def build_critic(cfg, rm, device):
+    """A separate critic: the reward model's backbone and head (``critic_init="reward"``, with a reward
+    model), else the SFT model's backbone with a zero head. When PPO normalises the reward model's
+    scores, (r - mean) / std is folded into the head, so the critic starts out predicting the scores on
+    the scale it is trained on (with its raw head, the value clip would let it move only value_clip per
+    iteration toward that scale, and the first advantages would be noise)."""
+    if cfg.critic_init == "reward" and rm is not None:
+        critic, _, _, _ = load_model(cfg.reward, kind="value", device=device)
+        if cfg.reward_normalize:
+            fold_normalization(critic, float(rm.reward_mean), float(rm.reward_std))
+        return critic
+    critic, _, _, _ = load_model(cfg.policy, kind="value", device=device)
+    return critic
+
+
 def ppo(cfg: PPOConfig) -> dict:
     """Fine-tune ``cfg.policy`` with PPO against ``cfg.reward``; writes ``<out>/model``."""
     policy, tokenizer, template, meta = load_model(cfg.policy, kind="gpt")
@@ -265,8 +281,7 @@ def ppo(cfg: PPOConfig) -> dict:
     critic_mode = "none" if cfg.advantage == "batch_norm" else cfg.critic
     critic = None
     if critic_mode == "separate":
-        init = cfg.reward if (cfg.critic_init == "reward" and rm is not None) else cfg.policy
-        critic, _, _, _ = load_model(init, kind="value", device=device)
+        critic = build_critic(cfg, rm, device)
     ac = ActorCritic(policy, critic_mode, critic).to(device)
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
     critic_params = [p for m in (ac.critic, ac.value_head) if m is not None for p in m.parameters()]

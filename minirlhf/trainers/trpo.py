@@ -49,7 +49,8 @@ from minirlhf.rollout import Rollout, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
-from minirlhf.trainers.ppo import ActorCritic, KLConfig, build_scorer, compute_advantages, reference_logprobs
+from minirlhf.trainers.ppo import (ActorCritic, KLConfig, build_critic, build_scorer, compute_advantages,
+                                  reference_logprobs)
 from minirlhf.trainers.rl_common import (draw_prompts, evaluate, policy_and_reference, rollout_metrics,
                                          score_rollout)
 
@@ -76,7 +77,8 @@ class TRPOConfig:
     lam: float = 0.95
     whiten_advantages: bool = True
     critic_init: Literal["reward", "policy"] = field(
-        default="reward", metadata={"help": "the critic starts from the reward model (if any) or the SFT model"})
+        default="reward", metadata={"help": "the critic starts from the reward model (if any; its head rescaled to "
+                                         "the normalised rewards when reward_normalize is on) or the SFT model"})
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, schedule="constant", beta2=0.999))
     critic_epochs: int = field(default=2, metadata={"help": "passes of value regression per iteration"})
     critic_minibatch_size: int = 16
@@ -177,8 +179,7 @@ def trpo(cfg: TRPOConfig) -> dict:
     params = [p for p in policy.parameters() if p.requires_grad]
     critic, critic_opt = None, None
     if cfg.advantage == "gae":
-        init = cfg.reward if (cfg.critic_init == "reward" and rm is not None) else cfg.policy
-        critic, _, _, _ = load_model(init, kind="value", device=device)
+        critic = build_critic(cfg, rm, device)  # on the scale of the (normalised) rewards
         critic.eval()  # dropout off
         critic_opt = make_optimizer(critic.parameters(), cfg.critic_optim)
     kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive

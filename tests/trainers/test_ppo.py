@@ -178,3 +178,31 @@ def test_penalty_beta_is_adapted_to_the_kl_after_the_update(sft_model, tmp_path)
     assert len(passed) == 1 and passed[0] == pytest.approx(d, rel=1e-4, abs=1e-7)
     assert out["penalty_beta"] == penalty.value
 
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_predicts(sft_model, tmp_path,
+                                                                                       monkeypatch, normalize):
+    """PPO feeds the critic (r - mean) / std when reward_normalize is on: the critic initialised from the
+    reward model must then output (r_phi(x, y_<=t) - mean) / std at every position, and r_phi itself
+    when it is off."""
+    import minirlhf.trainers.ppo as ppo_module
+    from minirlhf.saving import save_model
+
+    rm, tok, template, meta = load_model(sft_model, kind="reward")
+    rm.reward_mean.fill_(0.7)
+    rm.reward_std.fill_(2.5)
+    save_model(tmp_path / "rm", rm, tok, template, meta)
+    seen = {}
+    score, advantages = ppo_module.score_rollout, ppo_module.compute_advantages
+    monkeypatch.setattr(ppo_module, "score_rollout", lambda scorer, rollout, *a: (
+        seen.setdefault("rollout", rollout), score(scorer, rollout, *a))[1])
+    monkeypatch.setattr(ppo_module, "compute_advantages", lambda cfg, rewards, values, *a: (
+        seen.setdefault("values", values.clone()), advantages(cfg, rewards, values, *a))[1])
+    ppo(ppo_cfg(sft_model, tmp_path / "ppo", reward=str(tmp_path / "rm"), critic_init="reward", iterations=1,
+                reward_normalize=normalize, eval_prompts=2))
+    r, P = seen["rollout"], seen["rollout"].prompt_width
+    with torch.no_grad():
+        raw = rm(r.input_ids, r.attention_mask)[:, P - 1 : -1]  # (B,R) r_phi of the prefix before each token
+    expected = (raw - 0.7) / 2.5 if normalize else raw
+    torch.testing.assert_close(seen["values"] * r.mask, expected * r.mask, rtol=0, atol=1e-5)
+
