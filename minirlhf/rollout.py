@@ -104,7 +104,7 @@ def response_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torc
 
 def response_values(critic, rollout: Rollout) -> torch.Tensor:
     """V(x, y_<t) for every response token: the value at the position just before y_t, (B, R)."""
-    v = critic(rollout.input_ids, rollout.attention_mask)  # (B, P+R)
+    v = critic(rollout.input_ids, rollout.attention_mask).float()  # (B, P+R), float32 under autocast too
     return v[:, rollout.prompt_width - 1 : -1]
 
 

@@ -20,6 +20,7 @@ sequence reward per response minus the batch mean over the batch std, broadcast 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -125,11 +126,11 @@ class ActorCritic(nn.Module):
         ``values`` is False)."""
         P = rollout.prompt_width
         h = self.policy.hidden_states(rollout.input_ids, rollout.attention_mask)  # (B,P+R,C)
-        logits = self.policy.lm_head(h[:, P - 1 : -1]) / temperature  # (B,R,V)
+        logits = self.policy.lm_head(h[:, P - 1 : -1]).float() / temperature  # (B,R,V), float32 under autocast
         if not values:
             return logits, None
         if self.mode == "shared":
-            values = self.value_head(h[:, P - 1 : -1])
+            values = self.value_head(h[:, P - 1 : -1]).float()
         elif self.mode == "separate":
             values = response_values(self.critic, rollout)
         else:
@@ -181,7 +182,8 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
             idx = order[start : start + per_rank]
             mb = rollout.select(idx)
             m = mb.mask
-            logits, values = ac(mb, cfg.temperature)
+            with run.autocast():
+                logits, values = ac(mb, cfg.temperature)
             logp = logprobs_from_logits(logits, mb.input_ids[:, mb.prompt_width:])  # (b,R); logits already / T
             if cfg.policy_loss == "clip":
                 pg_loss, s = ppo_policy_loss(logp, mb.logprobs, advantages[idx], m, cfg.clip_eps)
@@ -217,14 +219,15 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
     if penalty is not None:
         # d is KL[pi_old, pi] AFTER the update (Schulman et al., 2017, section 4), not the mean approx_kl
         # of the minibatch steps, which is measured before each step (its first term is always ~0).
-        out["penalty_kl"] = kl_after_update(cfg, ac, rollout, d)
+        out["penalty_kl"] = kl_after_update(cfg, ac, rollout, d, run.autocast)
         penalty.update(out["penalty_kl"])
         out["penalty_beta"] = penalty.value
     return out
 
 
 @torch.no_grad()
-def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistInfo = SINGLE) -> float:
+def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistInfo = SINGLE,
+                    autocast=contextlib.nullcontext) -> float:
     """d = E_t[KL[pi_old(.|s_t), pi(.|s_t)]]: the exact KL between the full next-token distributions of
     the sampling policy (``rollout.extra["old_logits"]``, (B,R,V), already / temperature) and the
     updated one, averaged over every response token of the global batch."""
@@ -235,7 +238,8 @@ def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistIn
     per_rank = max(1, cfg.minibatch_size // d.world_size)
     for start in range(0, rollout.batch_size, per_rank):
         mb = rollout.select(torch.arange(start, min(start + per_rank, rollout.batch_size)))
-        logits, _ = ac(mb, cfg.temperature, values=False)  # (b,R,V)
+        with autocast():
+            logits, _ = ac(mb, cfg.temperature, values=False)  # (b,R,V)
         kl = kl_from_logits(mb.extra["old_logits"].float(), logits.float())  # (b,R)
         total += float((kl * mb.mask).sum())
         count += float(mb.mask.sum())
@@ -324,14 +328,15 @@ def ppo(cfg: PPOConfig) -> dict:
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():  # log-prob passes, then reward, KL penalty and GAE
-            with timer("logprobs"):  # policy (and critic) pass, reference pass
+            with timer("logprobs"), run.autocast():  # policy (and critic) pass, reference pass
                 logits, values = ac(rollout, cfg.temperature)
                 rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
                 rollout.values = values
                 if penalty is not None:  # pi_old's distributions, for the KL after the update
                     rollout.extra["old_logits"] = logits
                 rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-            raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+            with run.autocast():  # the reward model's pass
+                raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
             rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                beta if cfg.kl.where == "reward" else 0.0, cfg.kl.estimator)

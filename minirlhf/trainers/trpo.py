@@ -31,6 +31,7 @@ the critic's gradients are averaged as in PPO, and rank 0 evaluates and saves.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -101,7 +102,7 @@ class TRPOConfig:
 
 
 def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Rollout, old_logits: torch.Tensor,
-                advantages: torch.Tensor, d: DistInfo | None = None) -> dict:
+                advantages: torch.Tensor, d: DistInfo | None = None, autocast=contextlib.nullcontext) -> dict:
     """One trust-region step of the policy on the rollout batch (objectives.trpo_step), in place.
 
     old_logits (B,R,V): pi_old's response logits / temperature, detached. Returns trpo_step's
@@ -120,12 +121,14 @@ def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Roll
     response = rollout.input_ids[:, rollout.prompt_width :]  # (B,R)
 
     def surrogate() -> torch.Tensor:
-        logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
+        with autocast():
+            logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
         logp = logprobs_from_logits(logits, response)  # (B,R)
         return trpo_surrogate(logp, rollout.logprobs, advantages, rollout.mask)
 
     def mean_kl() -> torch.Tensor:
-        logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
+        with autocast():
+            logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
         return masked_mean(kl_from_logits(old_logits, logits), rollout.mask)
 
     stats = trpo_step(params, surrogate, mean_kl, cfg.max_kl, cfg.cg_iters, cfg.damping, cfg.backtrack_coeff,
@@ -150,7 +153,9 @@ def fit_critic(cfg: TRPOConfig, critic, optimizer, rollout: Rollout, returns: to
         for start in range(0, B, per_rank):
             idx = order[start : start + per_rank]
             mb = rollout.select(idx)
-            loss = value_loss(response_values(critic, mb), mb.values, returns[idx], mb.mask, cfg.value_clip or None)
+            with run.autocast():
+                values = response_values(critic, mb)  # (b,R)
+            loss = value_loss(values, mb.values, returns[idx], mb.mask, cfg.value_clip or None)
             run.check_finite(iteration, loss=loss)
             optimizer.zero_grad(set_to_none=True)
             (loss * loss_scale(float(mb.mask.sum()), d)).backward()
@@ -217,19 +222,20 @@ def trpo(cfg: TRPOConfig) -> dict:
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
-            old_logits, _ = actor(rollout, cfg.temperature)  # (B,R,V), pi_old
-            response = rollout.input_ids[:, rollout.prompt_width :]
-            rollout.logprobs = logprobs_from_logits(old_logits, response)
-            rollout.values = response_values(critic, rollout) if critic is not None else None
-            rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-            raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+            with run.autocast():  # the policy's, critic's, reference's and reward model's passes
+                old_logits, _ = actor(rollout, cfg.temperature)  # (B,R,V), pi_old
+                response = rollout.input_ids[:, rollout.prompt_width :]
+                rollout.logprobs = logprobs_from_logits(old_logits, response)
+                rollout.values = response_values(critic, rollout) if critic is not None else None
+                rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
+                raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
             rewards, kl_ref = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                    beta, cfg.kl.estimator)
             advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask, d)
             entropy = masked_mean(entropy_from_logits(old_logits), rollout.mask)
         with timer("update"):
-            stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages)
+            stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages, autocast=run.autocast)
         run.check_finite(it, kl=stats["kl"], improvement=stats["improvement"])
         critic_stats = {}
         if critic is not None:

@@ -1,4 +1,6 @@
 """PPO trainer on a tiny model: its variants run, the rollout record is consistent, resume is exact."""
+import contextlib
+
 import pytest
 import torch
 
@@ -166,6 +168,9 @@ def test_penalty_beta_is_adapted_to_the_kl_after_the_update(sft_model, tmp_path)
     class Run:
         def check_finite(self, *args, **kwargs):
             pass
+
+        def autocast(self):
+            return contextlib.nullcontext()
 
     out = ppo_update(cfg, ac, optimizer, rollout, advantages, None, rollout.ref_logprobs, 0.0, penalty,
                      torch.Generator().manual_seed(5), Run(), 1)
