@@ -152,18 +152,13 @@ def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.
 @contextlib.contextmanager
 def reference_policy(model, ref_model=None):
     """pi_ref: ``ref_model`` when one is kept, else ``model`` with its adapters off (LoRA), else
-    ``model`` itself (full fine-tuning, valid only before the first update)."""
-    ref = ref_model if ref_model is not None else model
-    was_training = ref.training
-    ref.eval()
-    try:
-        if ref_model is None and has_lora(model):
-            with lora_disabled(model):
-                yield model
-        else:
-            yield ref
-    finally:
-        ref.train(was_training)
+    ``model`` itself (full fine-tuning, valid only before the first update). Its log-probs are taken
+    with dropout off, as the policy's are (``concatenated_logps``)."""
+    if ref_model is None and has_lora(model):
+        with lora_disabled(model):
+            yield model
+    else:
+        yield ref_model if ref_model is not None else model
 
 
 @torch.no_grad()

@@ -240,7 +240,7 @@ def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistIn
         mb = rollout.select(torch.arange(start, min(start + per_rank, rollout.batch_size)))
         with autocast():
             logits, _ = ac(mb, cfg.temperature, values=False)  # (b,R,V)
-        kl = kl_from_logits(mb.extra["old_logits"].float(), logits.float())  # (b,R)
+        kl = kl_from_logits(mb.extra["old_logits"], logits)  # (b,R)
         total += float((kl * mb.mask).sum())
         count += float(mb.mask.sum())
     total, count = global_sums([total, count], d)
