@@ -184,27 +184,36 @@ def test_penalty_beta_is_adapted_to_the_kl_after_the_update(sft_model, tmp_path)
     assert out["penalty_beta"] == penalty.value
 
 
+@pytest.mark.parametrize("trainer", ["ppo", "trpo"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_predicts(sft_model, tmp_path,
-                                                                                       monkeypatch, normalize):
-    """PPO feeds the critic (r - mean) / std when reward_normalize is on: the critic initialised from the
-    reward model must then output (r_phi(x, y_<=t) - mean) / std at every position, and r_phi itself
-    when it is off."""
+                                                                                       monkeypatch, normalize,
+                                                                                       trainer):
+    """PPO and TRPO feed the critic (r - mean) / std when reward_normalize is on: the critic initialised
+    from the reward model must then output (r_phi(x, y_<=t) - mean) / std at every position, and r_phi
+    itself when it is off."""
     import minirlhf.trainers.ppo as ppo_module
+    import minirlhf.trainers.trpo as trpo_module
     from minirlhf.saving import save_model
 
     rm, tok, template, meta = load_model(sft_model, kind="reward")
     rm.reward_mean.fill_(0.7)
     rm.reward_std.fill_(2.5)
     save_model(tmp_path / "rm", rm, tok, template, meta)
+    module = ppo_module if trainer == "ppo" else trpo_module
     seen = {}
-    score, advantages = ppo_module.score_rollout, ppo_module.compute_advantages
-    monkeypatch.setattr(ppo_module, "score_rollout", lambda scorer, rollout, *a: (
+    score, advantages = module.score_rollout, module.compute_advantages
+    monkeypatch.setattr(module, "score_rollout", lambda scorer, rollout, *a: (
         seen.setdefault("rollout", rollout), score(scorer, rollout, *a))[1])
-    monkeypatch.setattr(ppo_module, "compute_advantages", lambda cfg, rewards, values, *a: (
+    monkeypatch.setattr(module, "compute_advantages", lambda cfg, rewards, values, *a: (
         seen.setdefault("values", values.clone()), advantages(cfg, rewards, values, *a))[1])
-    ppo(ppo_cfg(sft_model, tmp_path / "ppo", reward=str(tmp_path / "rm"), critic_init="reward", iterations=1,
-                reward_normalize=normalize, eval_prompts=2))
+    kw = dict(reward=str(tmp_path / "rm"), critic_init="reward", iterations=1, reward_normalize=normalize,
+              eval_prompts=2)
+    if trainer == "ppo":
+        ppo(ppo_cfg(sft_model, tmp_path / "ppo", **kw))
+    else:
+        trpo_module.trpo(trpo_module.TRPOConfig(run=run_cfg(tmp_path / "trpo"), policy=str(sft_model), batch_size=8,
+                                                critic_minibatch_size=4, **kw))
     r, P = seen["rollout"], seen["rollout"].prompt_width
     with torch.no_grad():
         raw = rm(r.input_ids, r.attention_mask)[:, P - 1 : -1]  # (B,R) r_phi of the prefix before each token
