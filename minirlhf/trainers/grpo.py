@@ -147,7 +147,7 @@ def grpo(cfg: GRPOConfig) -> dict:
     device = run.device
     policy.to(device)
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
     d = run.dist

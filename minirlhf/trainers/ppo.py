@@ -247,14 +247,18 @@ def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistIn
     return total / max(count, 1.0)
 
 
-def build_scorer(cfg: PPOConfig, tokenizer, device):
+def build_scorer(cfg: PPOConfig, tokenizer, device, template=None):
+    """The task's verifier, or the reward model. Given the template, the reward model scores each
+    response's text encoded as its training pairs were (RewardModelScorer), not the sampled ids."""
     if cfg.reward == "verifier":
         return VerifierScorer(), None
     rm, rm_tok, _, _ = load_model(cfg.reward, kind="reward", device=device)
     if rm_tok is not None:
         check_same_tokenizer(tokenizer, rm_tok, "policy", "reward model")
     rm.eval().requires_grad_(False)
-    return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip), rm
+    if template is None:
+        return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip), rm
+    return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip, tokenizer, template), rm
 
 
 def build_critic(cfg, rm, device):
@@ -281,7 +285,7 @@ def ppo(cfg: PPOConfig) -> dict:
     device = run.device
     policy.to(device)
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     critic_mode = "none" if cfg.advantage == "batch_norm" else cfg.critic
     critic = None
     if critic_mode == "separate":

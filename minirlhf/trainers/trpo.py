@@ -179,7 +179,7 @@ def trpo(cfg: TRPOConfig) -> dict:
     # derivative, so the policy runs the written-out attention (tested equal to the fused one).
     policy.set_attention("reference")
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     params = [p for p in policy.parameters() if p.requires_grad]
     critic, critic_opt = None, None
