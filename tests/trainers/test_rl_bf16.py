@@ -99,7 +99,8 @@ def test_bf16_runs_every_training_forward_pass_under_autocast(models, tmp_path, 
     train, cfg, losses = configs(policy, rm, tmp_path / name)[name]
     train(cfg)
     assert forward_passes["bf16"] > 0
-    assert forward_passes["fp32"] == 0, f"{forward_passes['fp32']} of the training forward passes ignored --run.dtype bf16"
+    ignored = forward_passes["fp32"]
+    assert ignored == 0, f"{ignored} of the training forward passes ignored --run.dtype bf16"
     rows = [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["step"] > 0]
     assert len(rows) == 2
     for row in rows:
