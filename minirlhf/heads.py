@@ -80,6 +80,21 @@ class RewardModel(ScalarHeadModel):
         return (scores - self.reward_mean) / self.reward_std
 
 
+def fold_normalization(model: ScalarHeadModel, mean: float, std: float) -> ScalarHeadModel:
+    """Rescale the head in place so that the model outputs (w^T h + b - mean) / std:
+
+        w <- w / std,    b <- (b - mean) / std
+
+    A critic initialised from a reward model whose scores PPO normalises with the reward model's
+    (mean, std) then starts on the scale of the rewards it has to predict. Returns the model."""
+    if not std > 0:
+        raise ValueError(f"std: expected > 0, got {std}")
+    with torch.no_grad():
+        model.head.linear.weight.div_(std)
+        model.head.linear.bias.sub_(mean).div_(std)
+    return model
+
+
 class ValueModel(ScalarHeadModel):
     """Critic V(s_t) at every position; starts at zero output (zero-initialised head)."""
 

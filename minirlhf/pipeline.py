@@ -227,7 +227,7 @@ def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval
         if rm is not None:
             gen = torch.Generator(device=device).manual_seed(seed)
             r = sample(policy, tokenizer, template, prompts, task.max_response_tokens, 1.0, gen)
-            row["reward"] = float(RewardModelScorer(rm)(r).mean())
+            row["reward"] = float(RewardModelScorer(rm, tokenizer=tokenizer, template=template)(r).mean())
         row["kl_to_sft"] = kl_to_reference(policy, reference, tokenizer, template, prompts,
                                            task.max_response_tokens, seed)
         rows[name] = row

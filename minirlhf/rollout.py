@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minirlhf.data import collate_prompts
+from minirlhf.data import collate_prompts, collate_sft
 from minirlhf.logprobs import token_logprobs
 
 
@@ -104,7 +104,7 @@ def response_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torc
 
 def response_values(critic, rollout: Rollout) -> torch.Tensor:
     """V(x, y_<t) for every response token: the value at the position just before y_t, (B, R)."""
-    v = critic(rollout.input_ids, rollout.attention_mask)  # (B, P+R)
+    v = critic(rollout.input_ids, rollout.attention_mask).float()  # (B, P+R), float32 under autocast too
     return v[:, rollout.prompt_width - 1 : -1]
 
 
@@ -113,16 +113,43 @@ class RewardModelScorer:
 
     ``normalize`` applies the model's saved training statistics, (r - mean) / std; ``clip`` bounds
     the result to [-clip, clip] (0: no bound).
+
+    With ``tokenizer`` and ``template`` the reward model scores the ids it was trained on: each row's
+    prompt and decoded response encoded again exactly as a preference pair is (``template.encode``;
+    EOS when the response ended). Sampled ids need not be the tokenizer's own encoding of their text:
+    with a byte-level BPE a policy can emit "snow" as "sn" + "ow", which the reward model never saw.
+    Without them it scores the sampled ids as they are.
     """
 
-    def __init__(self, reward_model, normalize: bool = True, clip: float = 0.0):
+    def __init__(self, reward_model, normalize: bool = True, clip: float = 0.0, tokenizer=None, template=None):
+        if (tokenizer is None) != (template is None):
+            raise ValueError("RewardModelScorer: give both tokenizer and template (re-encode), or neither")
         self.rm = reward_model
         self.normalize = normalize
         self.clip = clip
+        self.tokenizer = tokenizer
+        self.template = template
+
+    def inputs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) the reward model scores, (B, T) each."""
+        if self.tokenizer is None:
+            return rollout.input_ids, rollout.attention_mask
+        limit = self.rm.config.block_size
+        rows = []
+        for b, (prompt, response) in enumerate(zip(rollout.prompts, rollout.responses)):
+            ids, n_prompt = self.template.encode(self.tokenizer, prompt, response, add_eos=bool(rollout.ended[b]))
+            if not n_prompt < len(ids) <= limit:  # nothing left to score, or too long: the sampled ids
+                real = rollout.attention_mask[b].bool()
+                ids = rollout.input_ids[b][real].tolist()
+                n_prompt = int(real[: rollout.prompt_width].sum())
+            rows.append((ids, n_prompt))
+        batch = collate_sft(rows, self.tokenizer.pad_id)
+        device = rollout.input_ids.device
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout, task=None) -> torch.Tensor:
-        scores = self.rm.score(rollout.input_ids, rollout.attention_mask).float()
+        scores = self.rm.score(*self.inputs(rollout)).float()
         if self.normalize:
             scores = self.rm.normalize(scores)
         if self.clip > 0:

@@ -87,6 +87,12 @@ def _zero_invalid(x: Tensor, valid: Tensor) -> Tensor:
 # distributions over the vocabulary
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32 when it is in a lower precision (bf16/fp16 logits from an autocast forward pass):
+    log-probs, their ratios and KLs need more than bf16's 8 bits of mantissa. float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
     """log pi(y_t | s_t) = log softmax(z_t / tau)[y_t] for the chosen tokens.
 
@@ -109,7 +115,7 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
             f"labels: token ids must lie in [0, {V}); got min {int(labels.min())}, max {int(labels.max())} "
             f"(replace ignore-index values such as -100 by a valid id and mask those positions)"
         )
-    z = logits / temperature  # (B,T,V)
+    z = _at_least_fp32(logits) / temperature  # (B,T,V)
     return z.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (B,T)
 
 
@@ -119,7 +125,7 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     Computed as log Z - sum_a p_a z_a via logsumexp, so it is stable for large logits, and
     -inf logits (masked-out tokens) contribute 0.
     """
-    logp = torch.log_softmax(logits, dim=-1)  # (B,T,V)
+    logp = torch.log_softmax(_at_least_fp32(logits), dim=-1)  # (B,T,V)
     p = logp.exp()
     plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
     return -plogp.sum(-1)
@@ -131,8 +137,8 @@ def kl_from_logits(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     TRPO (Schulman et al. 2015) uses it with p = the old policy and q = the new one.
     """
     check_same_shape(logits_p=logits_p, logits_q=logits_q)
-    logp = torch.log_softmax(logits_p, dim=-1)  # (B,T,V)
-    logq = torch.log_softmax(logits_q, dim=-1)
+    logp = torch.log_softmax(_at_least_fp32(logits_p), dim=-1)  # (B,T,V)
+    logq = torch.log_softmax(_at_least_fp32(logits_q), dim=-1)
     p = logp.exp()
     terms = torch.where(p > 0, p * (logp - logq), torch.zeros((), dtype=p.dtype, device=p.device))
     return terms.sum(-1)

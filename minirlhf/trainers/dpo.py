@@ -5,7 +5,8 @@ pairs with a classification loss; no reward model, no sampling inside the loss.
                                                            - beta log pi_theta(y_l|x) / pi_ref(y_l|x) ) ]
                                                                           (Rafailov et al., 2023, eq. 7)
 
-log pi(y|x) is summed over the response tokens (minirlhf.logprobs.sequence_logprobs). The loss
+log pi(y|x) is summed over the response tokens (minirlhf.logprobs.sequence_logprobs), with dropout
+off for the policy as for the reference (``concatenated_logps``). The loss
 and its variants -- conservative DPO (label_smoothing, Mitchell, 2023), IPO (Azar et al., 2023),
 the SLiC hinge (Zhao et al., 2023) -- are minirlhf.objectives.dpo_loss; this file only feeds it.
 
@@ -121,11 +122,29 @@ class DPOConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def dropout_off(model):
+    """``model`` in eval mode (every dropout off, in the model and in the LoRA adapters), restored after.
+    Gradients flow as usual: only the randomness is gone."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
-    ``collate_preferences`` batch (chosen rows first)."""
+    ``collate_preferences`` batch (chosen rows first).
+
+    Always with dropout off: the policy's and the reference's log-probs are computed the same way, so
+    at the start (policy = reference) every log-ratio is 0 and the loss takes its closed form (log 2
+    for the sigmoid loss). With dropout on for the policy only, log pi - log pi_ref would be noise
+    that biases the loss and the implicit rewards."""
     ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
-    logps = sequence_logprobs(model, ids, mask, lmask)  # (2B,)
+    with dropout_off(model):
+        logps = sequence_logprobs(model, ids, mask, lmask)  # (2B,)
     B = ids.size(0) // 2
     return logps[:B], logps[B:]
 
@@ -133,18 +152,13 @@ def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.
 @contextlib.contextmanager
 def reference_policy(model, ref_model=None):
     """pi_ref: ``ref_model`` when one is kept, else ``model`` with its adapters off (LoRA), else
-    ``model`` itself (full fine-tuning, valid only before the first update)."""
-    ref = ref_model if ref_model is not None else model
-    was_training = ref.training
-    ref.eval()
-    try:
-        if ref_model is None and has_lora(model):
-            with lora_disabled(model):
-                yield model
-        else:
-            yield ref
-    finally:
-        ref.train(was_training)
+    ``model`` itself (full fine-tuning, valid only before the first update). Its log-probs are taken
+    with dropout off, as the policy's are (``concatenated_logps``)."""
+    if ref_model is None and has_lora(model):
+        with lora_disabled(model):
+            yield model
+    else:
+        yield ref_model if ref_model is not None else model
 
 
 @torch.no_grad()

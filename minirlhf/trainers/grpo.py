@@ -118,7 +118,8 @@ def grpo_update(cfg: GRPOConfig, actor: ActorCritic, optimizer, rollout: Rollout
         for start in range(0, N, per_rank):
             idx = order[start : start + per_rank]
             mb = rollout.select(idx)
-            logits, _ = actor(mb, cfg.temperature)  # (b,R,V), already / temperature
+            with run.autocast():
+                logits, _ = actor(mb, cfg.temperature)  # (b,R,V), already / temperature
             logp = logprobs_from_logits(logits, mb.input_ids[:, mb.prompt_width :])  # (b,R)
             loss, pg_loss, kl_loss, s = grpo_loss(cfg, logp, mb, advantages[idx], max_len)
             run.check_finite(iteration, loss=loss)
@@ -146,7 +147,7 @@ def grpo(cfg: GRPOConfig) -> dict:
     device = run.device
     policy.to(device)
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
     d = run.dist
@@ -181,10 +182,11 @@ def grpo(cfg: GRPOConfig) -> dict:
         with timer("generation"):
             rollout = sample_groups(policy, tokenizer, template, prompts, G, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
-            logits, _ = actor(rollout, cfg.temperature)  # (N,R,V), pi_old
-            rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width :])
-            rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-            raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+            with run.autocast():  # the policy's, reference's and reward model's passes
+                logits, _ = actor(rollout, cfg.temperature)  # (N,R,V), pi_old
+                rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width :])
+                rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
+                raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             seq_adv = group_advantages(scores, G, scale=cfg.scale_rewards)  # (N,)
             advantages = broadcast_to_tokens(seq_adv, rollout.mask)  # (N,R)
             kl_ref = (grpo_kl_penalty(rollout.logprobs, rollout.ref_logprobs) * rollout.mask).sum(-1)  # (N,)

@@ -10,6 +10,7 @@ One iteration (Schulman et al., 2017, Algorithm 1; Ziegler et al., 2019; Ouyang 
     5. several epochs of minibatch steps on
            L = L_clip(theta) + c_v L_V(psi) - c_H H(pi_theta)                        (ppo_policy_loss, value_loss)
     6. adapt beta toward a KL target                                                 (AdaptiveKLController)
+       (PPO-penalty: its own beta from KL[pi_old, pi] after the update)             (kl_after_update)
 
 Every implementation detail is a named option with its default below. Variants:
 ``policy_loss="penalty"`` is PPO with an adaptive KL(old || new) penalty instead of the clip
@@ -19,6 +20,7 @@ sequence reward per response minus the batch mean over the batch std, broadcast 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,15 +28,16 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_whiten, loss_scale,
-                                  shard)
-from minirlhf.heads import ScalarHead
+from minirlhf.config import ConfigError
+from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_sums, global_whiten,
+                                  loss_scale, shard)
+from minirlhf.heads import ScalarHead, fold_normalization
 from minirlhf.lora import lora_disabled, trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, AdaptiveKLPenalty, FixedKLController, batch_normalized_advantages,
                                  broadcast_to_tokens, entropy_from_logits, explained_variance, gae, kl_estimate,
-                                 kl_penalized_rewards, logprobs_from_logits, masked_mean, ppo_penalty_loss,
-                                 ppo_policy_loss, value_loss)
+                                 kl_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
+                                 ppo_penalty_loss, ppo_policy_loss, value_loss)
 from minirlhf.rollout import RewardModelScorer, Rollout, VerifierScorer, response_logprobs, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.tokenizer import check_same_tokenizer
@@ -46,9 +49,11 @@ from minirlhf.trainers.rl_common import draw_prompts, evaluate, policy_and_refer
 @dataclass
 class KLConfig:
     coef: float = field(default=0.1, metadata={"help": "initial beta of the KL penalty"})
-    estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={"help": "per-token KL estimate"})
-    where: Literal["reward", "loss"] = field(default="reward",
-                                             metadata={"help": "penalty in the per-token reward, or a loss term"})
+    estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={
+        "help": "per-token KL estimate; with where=loss use k2 or k3 (k1's expected gradient is zero there)"})
+    where: Literal["reward", "loss"] = field(default="reward", metadata={
+        "help": "penalty in the per-token reward, or a loss term (loss: needs estimator k2, the gradient of "
+                "KL(pi||pi_ref), or k3, the gradient of KL(pi_ref||pi))"})
     adaptive: bool = field(default=True, metadata={"help": "Ziegler et al.'s controller toward target"})
     target: float = field(default=1.0, metadata={"help": "target KL per response (nats, summed over tokens)"})
     horizon: int = field(default=500, metadata={"help": "controller horizon (in rollouts)"})
@@ -63,8 +68,9 @@ class PPOConfig:
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
     critic: Literal["separate", "shared", "none"] = field(
         default="separate", metadata={"help": "own GPT backbone, a head on the policy's backbone, or none"})
-    critic_init: Literal["reward", "policy"] = field(
-        default="reward", metadata={"help": "separate critic starts from the reward model or the SFT model"})
+    critic_init: Literal["reward", "policy"] = field(default="reward", metadata={
+        "help": "separate critic starts from the reward model (its head rescaled to the normalised rewards "
+                "when reward_normalize is on) or the SFT model"})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, schedule="cosine", grad_clip=1.0,
                                                                   beta2=0.999))
     critic_lr: float = 5e-4
@@ -94,6 +100,16 @@ class PPOConfig:
     eval_every: int = 10
     eval_prompts: int = 300
 
+    def __post_init__(self):
+        if self.kl.where == "loss" and self.kl.estimator == "k1":
+            # On-policy, E_{y~pi}[grad (log pi(y) - log pi_ref(y))] = E_pi[grad log pi] = sum_y grad pi(y) = 0
+            # (objectives.grpo_kl_penalty's docstring; tests/objectives/test_grpo_kl.py).
+            raise ConfigError(
+                "config key 'kl.estimator': k1 = log pi - log pi_ref as a loss term (kl.where=loss) has zero "
+                "expected gradient under on-policy samples (E_pi[grad log pi] = 0), so the KL penalty would do "
+                "nothing. Use --kl.estimator k2 (its expected gradient is that of KL(pi||pi_ref)) or "
+                "--kl.estimator k3 (that of KL(pi_ref||pi)), or keep k1 in the reward with --kl.where reward")
+
 
 class ActorCritic(nn.Module):
     """The policy and, by ``mode``, a separate critic, a value head on the policy's backbone, or none."""
@@ -105,13 +121,16 @@ class ActorCritic(nn.Module):
         self.critic = critic if mode == "separate" else None
         self.value_head = ScalarHead(policy.config.n_embd, init_std=0.0) if mode == "shared" else None
 
-    def forward(self, rollout: Rollout, temperature: float):
-        """Response logits / temperature (B,R,V) and values (B,R) (None without a critic)."""
+    def forward(self, rollout: Rollout, temperature: float, values: bool = True):
+        """Response logits / temperature (B,R,V) and values (B,R) (None without a critic, or when
+        ``values`` is False)."""
         P = rollout.prompt_width
         h = self.policy.hidden_states(rollout.input_ids, rollout.attention_mask)  # (B,P+R,C)
-        logits = self.policy.lm_head(h[:, P - 1 : -1]) / temperature  # (B,R,V)
+        logits = self.policy.lm_head(h[:, P - 1 : -1]).float() / temperature  # (B,R,V), float32 under autocast
+        if not values:
+            return logits, None
         if self.mode == "shared":
-            values = self.value_head(h[:, P - 1 : -1])
+            values = self.value_head(h[:, P - 1 : -1]).float()
         elif self.mode == "separate":
             values = response_values(self.critic, rollout)
         else:
@@ -163,7 +182,8 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
             idx = order[start : start + per_rank]
             mb = rollout.select(idx)
             m = mb.mask
-            logits, values = ac(mb, cfg.temperature)
+            with run.autocast():
+                logits, values = ac(mb, cfg.temperature)
             logp = logprobs_from_logits(logits, mb.input_ids[:, mb.prompt_width:])  # (b,R); logits already / T
             if cfg.policy_loss == "clip":
                 pg_loss, s = ppo_policy_loss(logp, mb.logprobs, advantages[idx], m, cfg.clip_eps)
@@ -197,19 +217,63 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
     out = {k: global_mean(sum(v) / len(v), d) for k, v in stats.items() if v}
     out["ppo_epochs_done"] = epoch + 1
     if penalty is not None:
-        penalty.update(out["approx_kl"])
+        # d is KL[pi_old, pi] AFTER the update (Schulman et al., 2017, section 4), not the mean approx_kl
+        # of the minibatch steps, which is measured before each step (its first term is always ~0).
+        out["penalty_kl"] = kl_after_update(cfg, ac, rollout, d, run.autocast)
+        penalty.update(out["penalty_kl"])
         out["penalty_beta"] = penalty.value
     return out
 
 
-def build_scorer(cfg: PPOConfig, tokenizer, device):
+@torch.no_grad()
+def kl_after_update(cfg: PPOConfig, ac: ActorCritic, rollout: Rollout, d: DistInfo = SINGLE,
+                    autocast=contextlib.nullcontext) -> float:
+    """d = E_t[KL[pi_old(.|s_t), pi(.|s_t)]]: the exact KL between the full next-token distributions of
+    the sampling policy (``rollout.extra["old_logits"]``, (B,R,V), already / temperature) and the
+    updated one, averaged over every response token of the global batch."""
+    if "old_logits" not in rollout.extra:
+        raise ValueError("policy_loss='penalty' measures KL[pi_old, pi] after the update from the sampling "
+                         "policy's logits: set rollout.extra['old_logits'] (B,R,V) before ppo_update")
+    total, count = 0.0, 0.0
+    per_rank = max(1, cfg.minibatch_size // d.world_size)
+    for start in range(0, rollout.batch_size, per_rank):
+        mb = rollout.select(torch.arange(start, min(start + per_rank, rollout.batch_size)))
+        with autocast():
+            logits, _ = ac(mb, cfg.temperature, values=False)  # (b,R,V)
+        kl = kl_from_logits(mb.extra["old_logits"], logits)  # (b,R)
+        total += float((kl * mb.mask).sum())
+        count += float(mb.mask.sum())
+    total, count = global_sums([total, count], d)
+    return total / max(count, 1.0)
+
+
+def build_scorer(cfg: PPOConfig, tokenizer, device, template=None):
+    """The task's verifier, or the reward model. Given the template, the reward model scores each
+    response's text encoded as its training pairs were (RewardModelScorer), not the sampled ids."""
     if cfg.reward == "verifier":
         return VerifierScorer(), None
     rm, rm_tok, _, _ = load_model(cfg.reward, kind="reward", device=device)
     if rm_tok is not None:
         check_same_tokenizer(tokenizer, rm_tok, "policy", "reward model")
     rm.eval().requires_grad_(False)
-    return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip), rm
+    if template is None:
+        return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip), rm
+    return RewardModelScorer(rm, cfg.reward_normalize, cfg.reward_clip, tokenizer, template), rm
+
+
+def build_critic(cfg, rm, device):
+    """A separate critic: the reward model's backbone and head (``critic_init="reward"``, with a reward
+    model), else the SFT model's backbone with a zero head. When PPO normalises the reward model's
+    scores, (r - mean) / std is folded into the head, so the critic starts out predicting the scores on
+    the scale it is trained on (with its raw head, the value clip would let it move only value_clip per
+    iteration toward that scale, and the first advantages would be noise)."""
+    if cfg.critic_init == "reward" and rm is not None:
+        critic, _, _, _ = load_model(cfg.reward, kind="value", device=device)
+        if cfg.reward_normalize:
+            fold_normalization(critic, float(rm.reward_mean), float(rm.reward_std))
+        return critic
+    critic, _, _, _ = load_model(cfg.policy, kind="value", device=device)
+    return critic
 
 
 def ppo(cfg: PPOConfig) -> dict:
@@ -221,12 +285,11 @@ def ppo(cfg: PPOConfig) -> dict:
     device = run.device
     policy.to(device)
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     critic_mode = "none" if cfg.advantage == "batch_norm" else cfg.critic
     critic = None
     if critic_mode == "separate":
-        init = cfg.reward if (cfg.critic_init == "reward" and rm is not None) else cfg.policy
-        critic, _, _, _ = load_model(init, kind="value", device=device)
+        critic = build_critic(cfg, rm, device)
     ac = ActorCritic(policy, critic_mode, critic).to(device)
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
     critic_params = [p for m in (ac.critic, ac.value_head) if m is not None for p in m.parameters()]
@@ -269,12 +332,15 @@ def ppo(cfg: PPOConfig) -> dict:
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():  # log-prob passes, then reward, KL penalty and GAE
-            with timer("logprobs"):  # policy (and critic) pass, reference pass
+            with timer("logprobs"), run.autocast():  # policy (and critic) pass, reference pass
                 logits, values = ac(rollout, cfg.temperature)
                 rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width:])
                 rollout.values = values
+                if penalty is not None:  # pi_old's distributions, for the KL after the update
+                    rollout.extra["old_logits"] = logits
                 rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-            raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+            with run.autocast():  # the reward model's pass
+                raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
             rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                beta if cfg.kl.where == "reward" else 0.0, cfg.kl.estimator)

@@ -82,7 +82,7 @@ def rloo(cfg: RLOOConfig) -> dict:
     device = run.device
     policy.to(device)
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -118,12 +118,14 @@ def rloo(cfg: RLOOConfig) -> dict:
         with timer("generation"):
             rollout = sample_groups(policy, tokenizer, template, prompts, k, max_new, cfg.temperature, gen)
         with timer("scoring"):
-            logits, _ = actor(rollout, cfg.temperature)  # (N,R,V), the sampling policy, with its graph
+            with run.autocast():
+                logits, _ = actor(rollout, cfg.temperature)  # (N,R,V), the sampling policy, with its graph
             logp = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width :])  # (N,R)
             with torch.no_grad():
                 rollout.logprobs = logp.detach()
-                rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-                raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+                with run.autocast():  # the reference's and reward model's passes
+                    rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
+                    raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
                 rewards, kl = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                    cfg.beta, cfg.kl_estimator)
                 seq_reward = rewards.sum(-1)  # (N,) R(x, y_i) = score - beta * sum_t kl_t

@@ -31,6 +31,7 @@ the critic's gradients are averaged as in PPO, and rank 0 evaluates and saves.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,7 +50,8 @@ from minirlhf.rollout import Rollout, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
-from minirlhf.trainers.ppo import ActorCritic, KLConfig, build_scorer, compute_advantages, reference_logprobs
+from minirlhf.trainers.ppo import (ActorCritic, KLConfig, build_critic, build_scorer, compute_advantages,
+                                  reference_logprobs)
 from minirlhf.trainers.rl_common import (draw_prompts, evaluate, policy_and_reference, rollout_metrics,
                                          score_rollout)
 
@@ -76,7 +78,8 @@ class TRPOConfig:
     lam: float = 0.95
     whiten_advantages: bool = True
     critic_init: Literal["reward", "policy"] = field(
-        default="reward", metadata={"help": "the critic starts from the reward model (if any) or the SFT model"})
+        default="reward", metadata={"help": "the critic starts from the reward model (if any; its head rescaled to "
+                                         "the normalised rewards when reward_normalize is on) or the SFT model"})
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, schedule="constant", beta2=0.999))
     critic_epochs: int = field(default=2, metadata={"help": "passes of value regression per iteration"})
     critic_minibatch_size: int = 16
@@ -99,7 +102,7 @@ class TRPOConfig:
 
 
 def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Rollout, old_logits: torch.Tensor,
-                advantages: torch.Tensor, d: DistInfo | None = None) -> dict:
+                advantages: torch.Tensor, d: DistInfo | None = None, autocast=contextlib.nullcontext) -> dict:
     """One trust-region step of the policy on the rollout batch (objectives.trpo_step), in place.
 
     old_logits (B,R,V): pi_old's response logits / temperature, detached. Returns trpo_step's
@@ -118,12 +121,14 @@ def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Roll
     response = rollout.input_ids[:, rollout.prompt_width :]  # (B,R)
 
     def surrogate() -> torch.Tensor:
-        logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
+        with autocast():
+            logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
         logp = logprobs_from_logits(logits, response)  # (B,R)
         return trpo_surrogate(logp, rollout.logprobs, advantages, rollout.mask)
 
     def mean_kl() -> torch.Tensor:
-        logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
+        with autocast():
+            logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
         return masked_mean(kl_from_logits(old_logits, logits), rollout.mask)
 
     stats = trpo_step(params, surrogate, mean_kl, cfg.max_kl, cfg.cg_iters, cfg.damping, cfg.backtrack_coeff,
@@ -148,7 +153,9 @@ def fit_critic(cfg: TRPOConfig, critic, optimizer, rollout: Rollout, returns: to
         for start in range(0, B, per_rank):
             idx = order[start : start + per_rank]
             mb = rollout.select(idx)
-            loss = value_loss(response_values(critic, mb), mb.values, returns[idx], mb.mask, cfg.value_clip or None)
+            with run.autocast():
+                values = response_values(critic, mb)  # (b,R)
+            loss = value_loss(values, mb.values, returns[idx], mb.mask, cfg.value_clip or None)
             run.check_finite(iteration, loss=loss)
             optimizer.zero_grad(set_to_none=True)
             (loss * loss_scale(float(mb.mask.sum()), d)).backward()
@@ -172,13 +179,12 @@ def trpo(cfg: TRPOConfig) -> dict:
     # derivative, so the policy runs the written-out attention (tested equal to the fused one).
     policy.set_attention("reference")
     policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device)
+    scorer, rm = build_scorer(cfg, tokenizer, device, template)
     actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
     params = [p for p in policy.parameters() if p.requires_grad]
     critic, critic_opt = None, None
     if cfg.advantage == "gae":
-        init = cfg.reward if (cfg.critic_init == "reward" and rm is not None) else cfg.policy
-        critic, _, _, _ = load_model(init, kind="value", device=device)
+        critic = build_critic(cfg, rm, device)  # on the scale of the (normalised) rewards
         critic.eval()  # dropout off
         critic_opt = make_optimizer(critic.parameters(), cfg.critic_optim)
     kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
@@ -216,19 +222,20 @@ def trpo(cfg: TRPOConfig) -> dict:
         with timer("generation"):
             rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
         with timer("scoring"), torch.no_grad():
-            old_logits, _ = actor(rollout, cfg.temperature)  # (B,R,V), pi_old
-            response = rollout.input_ids[:, rollout.prompt_width :]
-            rollout.logprobs = logprobs_from_logits(old_logits, response)
-            rollout.values = response_values(critic, rollout) if critic is not None else None
-            rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-            raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+            with run.autocast():  # the policy's, critic's, reference's and reward model's passes
+                old_logits, _ = actor(rollout, cfg.temperature)  # (B,R,V), pi_old
+                response = rollout.input_ids[:, rollout.prompt_width :]
+                rollout.logprobs = logprobs_from_logits(old_logits, response)
+                rollout.values = response_values(critic, rollout) if critic is not None else None
+                rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
+                raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
             rewards, kl_ref = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
                                                    beta, cfg.kl.estimator)
             advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask, d)
             entropy = masked_mean(entropy_from_logits(old_logits), rollout.mask)
         with timer("update"):
-            stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages)
+            stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages, autocast=run.autocast)
         run.check_finite(it, kl=stats["kl"], improvement=stats["improvement"])
         critic_stats = {}
         if critic is not None:

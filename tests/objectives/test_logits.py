@@ -64,3 +64,22 @@ def test_kl_from_logits_is_sum_p_log_p_over_q():
             assert kl[b, t].item() == pytest.approx(sum(a * math.log(a / c) for a, c in zip(p, q)), abs=1e-12)
     assert (kl > 0).all()
     assert kl_from_logits(lp, lp).abs().max().item() < 1e-12
+
+
+def test_bfloat16_logits_are_computed_on_in_float32():
+    """Logits from a bf16 autocast pass: the log-probs, entropies and KLs of the distributions those
+    bf16 values define, exactly (float32 arithmetic, against a float64 direct sum), not rounded to bf16's
+    8-bit mantissa (which is off by ~0.03 for log-probs near -10)."""
+    logits = (_logits(5, (2, 3, 50)) * 4).to(torch.bfloat16)
+    other = (_logits(6, (2, 3, 50)) * 4).to(torch.bfloat16)
+    labels = torch.randint(0, 50, (2, 3), generator=torch.Generator().manual_seed(7))
+    exact = torch.log_softmax(logits.double() / 0.7, -1).gather(-1, labels[..., None]).squeeze(-1)
+    out = logprobs_from_logits(logits, labels, temperature=0.7)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5)
+    lp = torch.log_softmax(logits.double(), -1)
+    torch.testing.assert_close(entropy_from_logits(logits).double(), -(lp.exp() * lp).sum(-1), rtol=0, atol=1e-5)
+    lq = torch.log_softmax(other.double(), -1)
+    torch.testing.assert_close(kl_from_logits(logits, other).double(), (lp.exp() * (lp - lq)).sum(-1), rtol=0,
+                               atol=1e-5)
+    assert logprobs_from_logits(logits.double(), labels).dtype == F64  # float64 stays float64

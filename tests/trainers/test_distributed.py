@@ -1,6 +1,7 @@
 """Two gloo processes give the same parameters as one process on the same global batch:
 one SFT step (DistributedDataParallel, launched with torchrun) and one PPO update (each rank
 holding half of a fixed rollout, gradients all-reduced, advantages whitened globally)."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -85,6 +86,9 @@ def ppo_worker(rank, world, port, sft_folder, rollout_path, out_path):
     class Run:  # the bits of TrainingRun that ppo_update uses
         def check_finite(self, *a, **k):
             pass
+
+        def autocast(self):
+            return contextlib.nullcontext()
 
     ppo_update(cfg, ac, opt, r, adv, ret, r.ref_logprobs, 0.1, None, torch.Generator().manual_seed(0), Run(), 1, d)
     if rank == 0:

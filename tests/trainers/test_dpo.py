@@ -116,6 +116,27 @@ def test_the_first_logged_step_is_log_2_with_zero_rewards(init, tmp_path, lora):
     assert {"eval/accuracy", "eval_t1/accuracy", "eval/rewards/accuracies", "eval/loss"} <= set(result)
 
 
+@pytest.mark.parametrize("lora", [True, False])
+def test_with_dropout_the_first_logged_step_is_still_log_2(init, tmp_path, lora):
+    """Dropout in the model and in the adapters: the policy's and the reference's log-probs are both
+    computed with dropout off, so at step 1 (policy = reference) the loss is -log sigmoid(0) = log 2."""
+    from minirlhf.model import GPT, GPTConfig
+    from minirlhf.saving import save_model
+
+    model, tok, template, meta = load_model(init / "sft" / "model")
+    noisy = GPT(GPTConfig.from_dict({**model.config.to_dict(), "dropout": 0.5}))
+    noisy.load_state_dict(model.state_dict())
+    save_model(tmp_path / "noisy", noisy, tok, template, meta)
+    cfg = dpo_cfg(init, tmp_path / "run", steps=1, eval_at_start=False, eval_data="none")
+    cfg.init = str(tmp_path / "noisy")
+    cfg.lora.enabled, cfg.lora.dropout = lora, 0.5
+    dpo(cfg)
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert first["step"] == 1
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(first["rewards/chosen"]) < 1e-6 and abs(first["rewards/rejected"]) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------
 # the step: one concatenated pass, and the loss falls on a fixed batch
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
 """PPO trainer on a tiny model: its variants run, the rollout record is consistent, resume is exact."""
+import contextlib
+
 import pytest
 import torch
 
@@ -115,3 +117,106 @@ def test_ppo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     ppo(part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("argv", [["--kl.where", "loss"], ["--kl.where", "loss", "--kl.estimator", "k1"]])
+def test_kl_in_the_loss_with_k1_is_refused_with_the_reason(argv):
+    """E_{y~pi}[grad (log pi(y) - log pi_ref(y))] = E_pi[grad log pi] = 0: a k1 term in the loss would
+    do nothing, so the config is refused, naming the key and the estimators that work."""
+    from minirlhf.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError) as e:
+        resolve_config(PPOConfig, argv)
+    msg = str(e.value)
+    assert "'kl.estimator'" in msg and "k1" in msg and "zero expected gradient" in msg
+    assert "--kl.estimator k2" in msg and "--kl.where reward" in msg
+    for estimator in ("k2", "k3"):
+        cfg = resolve_config(PPOConfig, ["--kl.where", "loss", "--kl.estimator", estimator])
+        assert (cfg.kl.where, cfg.kl.estimator) == ("loss", estimator)
+    assert resolve_config(PPOConfig, ["--kl.estimator", "k1"]).kl.where == "reward"  # k1 in the reward is fine
+
+
+def test_penalty_beta_is_adapted_to_the_kl_after_the_update(sft_model, tmp_path):
+    """PPO-penalty (Schulman et al., 2017, section 4): d = E_t[KL[pi_old(.|s_t), pi(.|s_t)]] measured
+    AFTER the policy update. The value given to the beta rule must equal that KL, computed here from
+    the full next-token distributions before and after."""
+    from minirlhf.objectives import AdaptiveKLPenalty, logprobs_from_logits
+    from minirlhf.trainers.common import LoRAConfig
+    from minirlhf.trainers.ppo import ActorCritic, ppo_update
+    from minirlhf.trainers.rl_common import policy_and_reference
+
+    torch.manual_seed(0)
+    policy, tok, template, _ = load_model(sft_model)
+    policy, _ = policy_and_reference(policy, LoRAConfig(enabled=True))
+    ac = ActorCritic(policy, "none").eval()
+    cfg = ppo_cfg(sft_model, tmp_path / "ppo", policy_loss="penalty", batch_size=16, minibatch_size=4, ppo_epochs=4,
+                  critic="none", advantage="batch_norm", temperature=0.8)
+    prompts = [f"Q: {a}+{b}=\nA:" for a, b in zip(range(8), range(8, 0, -1))] * 2
+    rollout = sample(policy, tok, template, prompts, 4, 0.8, torch.Generator().manual_seed(3))
+    P, m = rollout.prompt_width, rollout.mask
+    with torch.no_grad():
+        old_logits, _ = ac(rollout, 0.8)  # (B,R,V), already / temperature
+    rollout.logprobs = logprobs_from_logits(old_logits, rollout.input_ids[:, P:])
+    rollout.ref_logprobs = rollout.logprobs.clone()
+    rollout.extra["old_logits"] = old_logits
+    advantages = torch.randn(m.shape, generator=torch.Generator().manual_seed(4)) * m
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    penalty, passed = AdaptiveKLPenalty(1.0, 0.01), []
+    rule = penalty.update
+    penalty.update = lambda kl, n_steps=1: (passed.append(kl), rule(kl, n_steps))[1]
+
+    class Run:
+        def check_finite(self, *args, **kwargs):
+            pass
+
+        def autocast(self):
+            return contextlib.nullcontext()
+
+    out = ppo_update(cfg, ac, optimizer, rollout, advantages, None, rollout.ref_logprobs, 0.0, penalty,
+                     torch.Generator().manual_seed(5), Run(), 1)
+    with torch.no_grad():
+        new_logits = policy(rollout.input_ids, rollout.attention_mask)[:, P - 1 : -1] / 0.8  # (B,R,V)
+    old_lp, new_lp = torch.log_softmax(old_logits.double(), -1), torch.log_softmax(new_logits.double(), -1)
+    kl_tok = (old_lp.exp() * (old_lp - new_lp)).sum(-1)  # (B,R) KL[pi_old, pi] at every response position
+    d = float((kl_tok * m).sum() / m.sum())
+    assert d > 1e-3  # the policy moved
+    assert len(passed) == 1 and passed[0] == pytest.approx(d, rel=1e-4, abs=1e-7)
+    assert out["penalty_beta"] == penalty.value
+
+
+@pytest.mark.parametrize("trainer", ["ppo", "trpo"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_predicts(sft_model, tmp_path,
+                                                                                       monkeypatch, normalize,
+                                                                                       trainer):
+    """PPO and TRPO feed the critic (r - mean) / std when reward_normalize is on: the critic initialised
+    from the reward model must then output (r_phi(x, y_<=t) - mean) / std at every position, and r_phi
+    itself when it is off."""
+    import minirlhf.trainers.ppo as ppo_module
+    import minirlhf.trainers.trpo as trpo_module
+    from minirlhf.saving import save_model
+
+    rm, tok, template, meta = load_model(sft_model, kind="reward")
+    rm.reward_mean.fill_(0.7)
+    rm.reward_std.fill_(2.5)
+    save_model(tmp_path / "rm", rm, tok, template, meta)
+    module = ppo_module if trainer == "ppo" else trpo_module
+    seen = {}
+    score, advantages = module.score_rollout, module.compute_advantages
+    monkeypatch.setattr(module, "score_rollout", lambda scorer, rollout, *a: (
+        seen.setdefault("rollout", rollout), score(scorer, rollout, *a))[1])
+    monkeypatch.setattr(module, "compute_advantages", lambda cfg, rewards, values, *a: (
+        seen.setdefault("values", values.clone()), advantages(cfg, rewards, values, *a))[1])
+    kw = dict(reward=str(tmp_path / "rm"), critic_init="reward", iterations=1, reward_normalize=normalize,
+              eval_prompts=2)
+    if trainer == "ppo":
+        ppo(ppo_cfg(sft_model, tmp_path / "ppo", **kw))
+    else:
+        trpo_module.trpo(trpo_module.TRPOConfig(run=run_cfg(tmp_path / "trpo"), policy=str(sft_model), batch_size=8,
+                                                critic_minibatch_size=4, **kw))
+    r, P = seen["rollout"], seen["rollout"].prompt_width
+    with torch.no_grad():
+        raw = rm(r.input_ids, r.attention_mask)[:, P - 1 : -1]  # (B,R) r_phi of the prefix before each token
+    expected = (raw - 0.7) / 2.5 if normalize else raw
+    torch.testing.assert_close(seen["values"] * r.mask, expected * r.mask, rtol=0, atol=1e-5)
+

@@ -48,8 +48,8 @@ def test_trpo_runs_logs_its_metrics_and_every_step_stays_in_the_trust_region(sft
     seen = []
     original = trpo_module.trpo_update
 
-    def checked(cfg, actor, params, rollout, old_logits, advantages):
-        stats = original(cfg, actor, params, rollout, old_logits, advantages)
+    def checked(cfg, actor, params, rollout, old_logits, advantages, **kw):
+        stats = original(cfg, actor, params, rollout, old_logits, advantages, **kw)
         policy = actor.policy
         with torch.no_grad():
             logits = policy(rollout.input_ids, rollout.attention_mask)[:, rollout.prompt_width - 1 : -1] / cfg.temperature
