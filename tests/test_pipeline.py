@@ -60,3 +60,15 @@ def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plo
     assert "Command: `minirlhf pipeline --out" in text and "Reward model (held-out pairs)" in text
     assert (out / "curves.png").stat().st_size > 0
     assert "| sft |" in capsys.readouterr().out
+
+
+def test_the_quick_bandit_pipeline_runs_every_stage(tmp_path):
+    out = tmp_path / "b"
+    cli_main(["pipeline", "--task", "bandit", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "4",
+              "--set", "pretrain.steps=40"])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["rows"]) == {"sft", *ALGORITHMS}
+    for stage in ("pretrain", "sft", "rm", *ALGORITHMS):
+        assert (out / stage / "model").is_dir(), stage
+    assert (out / "prefs" / "train.jsonl").stat().st_size > 0
+    assert (out / "results.md").read_text().startswith("# minirlhf pipeline: bandit (quick)")
