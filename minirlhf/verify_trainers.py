@@ -49,7 +49,8 @@ F64 = torch.float64
 
 # The bandit of every row: 4 arms, 3 training prompts, rewards in [0, 1], beta 0.3 (exp(r/beta) spans
 # a factor e^3.3, so pi* is far from pi_ref and a doubled beta or a lost penalty is far from pi*).
-TASK_ARGS = ["arms=4", "prompts=3", "test_prompts=1", "seed=0"]
+N_PROMPTS = 3
+TASK_ARGS = ["arms=4", f"prompts={N_PROMPTS}", "test_prompts=1", "seed=0"]
 BETA = 0.3
 CDPO_EPS = 0.1
 PAIRS_PER_ARM_PAIR = 30
@@ -301,8 +302,7 @@ def _dpo(loss_type: str, *extra: str) -> Callable:
 
 DPO_STEPS = 150
 DPO_BOUND = 0.005
-_DPO_WHY = ("full batch: the run draws nothing at random, so its only error is the optimiser's; "
-            f"we allow TV {DPO_BOUND}")
+_DPO_WHY = f"full batch, nothing drawn at random: the optimiser's tolerance, {DPO_BOUND}"
 
 PPO_ITERS, PPO_BATCH = 60, 96
 TRPO_ITERS, TRPO_BATCH, TRPO_DELTA = 80, 96, 0.0005
@@ -314,8 +314,8 @@ _PPO_ARGS = ("--kl.adaptive", "false", "--kl.coef", str(BETA), "--critic-init", 
 
 
 def _sampling_why(iterations: int, rollouts: int) -> str:
-    return (f"2 x 1/2 sqrt((K-1)/n), n = samples per prompt in the last quarter "
-            f"({iterations}/4 iterations x {rollouts} rollouts / prompts)")
+    n = iterations / 4 * rollouts / N_PROMPTS
+    return f"2 x 1/2 sqrt((K-1)/n), n = {n:g} ({iterations}/4 iterations x {rollouts} samples / {N_PROMPTS} prompts)"
 
 
 ROWS: list[TrainerRow] = [
@@ -454,7 +454,8 @@ def format_trainer_table(results: list[TrainerResult]) -> str:
     lines.append("-" * len(head))
     lines.append(f"{len(results) - n_fail}/{len(results)} trainers pass"
                  + (f", {n_fail} FAIL: " + ", ".join(r.name for r in results if not r.passed) if n_fail else ""))
-    lines.append("bounds: " + "; ".join(f"{r.name}: {r.bound_why}" for r in results if r.bound_why))
+    lines.append("bounds (n: samples per prompt in the run's last quarter):")
+    lines += [f"  {r.name:<{width}}  {r.bound_why}" for r in results if r.bound_why]
     return "\n".join(lines)
 
 
