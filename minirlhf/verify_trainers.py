@@ -438,22 +438,28 @@ def run_trainer_checks(workdir: str | Path, only=None) -> list[TrainerResult]:
     return [run_trainer_row(row, reference, workdir) for row in select_rows(only)]
 
 
+def _max_leak(r: TrainerResult) -> float:
+    return max((v["leak"] for v in r.per_prompt.values()), default=math.nan)
+
+
 def format_trainer_table(results: list[TrainerResult]) -> str:
     width = max([len(r.name) for r in results] + [7])
     twidth = max([len(r.target) for r in results] + [6])
-    head = f"{'trainer':<{width}}  {'target':<{twidth}}  {'TV (max)':>9}  {'bound':>7}  pass  {'time':>6}"
+    head = f"{'trainer':<{width}}  {'target':<{twidth}}  {'TV (max)':>9}  {'bound':>7}  pass  {'time':>6}  {'off-K':>6}"
     lines = [f"# Trainers run whole on the bandit task ({', '.join(TASK_ARGS)}, beta {BETA}): "
              f"TV(final policy, exact target), largest over the prompts", head, "-" * len(head)]
     for r in results:
         shown = "nan" if math.isnan(r.tv) else f"{r.tv:.4f}"
         lines.append(f"{r.name:<{width}}  {r.target:<{twidth}}  {shown:>9}  {r.bound:>7.4f}  "
-                     f"{'PASS' if r.passed else 'FAIL'}  {r.seconds:>5.1f}s")
+                     f"{'PASS' if r.passed else 'FAIL'}  {r.seconds:>5.1f}s  {_max_leak(r):>6.3f}")
         if r.message:
             lines.append(f"{'':<{width}}  ^ raised {r.message}")
     n_fail = sum(not r.passed for r in results)
     lines.append("-" * len(head))
     lines.append(f"{len(results) - n_fail}/{len(results)} trainers pass"
                  + (f", {n_fail} FAIL: " + ", ".join(r.name for r in results if not r.passed) if n_fail else ""))
+    lines.append("off-K: the largest probability mass the final policy puts outside the K responses (an arm then EOS);")
+    lines.append("       TV compares the policy renormalised over the K responses (DPO's losses only fix ratios)")
     lines.append("bounds (n: samples per prompt in the run's last quarter):")
     lines += [f"  {r.name:<{width}}  {r.bound_why}" for r in results if r.bound_why]
     return "\n".join(lines)
