@@ -84,7 +84,7 @@ RECIPES = {
         "trpo": {"iterations": 40, "batch_size": 48},
         "grpo": {"iterations": 40, "prompts_per_iteration": 6},
         "rloo": {"iterations": 40, "prompts_per_iteration": 6},
-        "dpo": {"epochs": 20.0, "batch_size": 8, "dpo": {"beta": 0.3}},
+        "dpo": {"epochs": 4.0, "batch_size": 8, "dpo": {"beta": 0.3}},
     },
 }
 
