@@ -4,6 +4,7 @@ PPO, TRPO, GRPO, RLOO and DPO, each from the same SFT start; then one table and 
     minirlhf pipeline                      arithmetic, built-in recipe (about 15 minutes on 2 CPU cores)
     minirlhf pipeline --quick              a smoke run of every stage (about 2 minutes)
     minirlhf pipeline --task instruct      the instruction task with its heuristic judge
+    minirlhf pipeline --task bandit        one-token arms with seeded rewards (seconds per stage)
     minirlhf pipeline --set ppo.iterations=80 --set dpo.dpo.beta=0.2     change any stage's option
     minirlhf pipeline --seeds 0 1 2        the experiment per seed; results.md gives mean ± sd and each seed
 
@@ -38,7 +39,7 @@ STAGES = ("pretrain", "sft", "collect", "rm") + ALGORITHMS
 
 @dataclass
 class PipelineConfig:
-    task: str = field(default="arithmetic", metadata={"help": "arithmetic or instruct"})
+    task: str = field(default="arithmetic", metadata={"help": "arithmetic, instruct or bandit"})
     out: str = field(default="runs/pipeline", metadata={"help": "folder for every stage's run"})
     quick: bool = field(default=False, metadata={"help": "a short smoke run of every stage"})
     seed: int = 0
@@ -74,6 +75,21 @@ RECIPES = {
         "grpo": {"iterations": 20, "prompts_per_iteration": 8, "group_size": 4, "reward": "RM"},
         "rloo": {"iterations": 20, "prompts_per_iteration": 8, "reward": "RM"},
         "dpo": {"epochs": 2.0, "batch_size": 16, "dpo": {"beta": 0.1}},
+    },
+    # A one-layer GPT on the bandit task: every stage in seconds; each trainer's exact optimum is what
+    # `minirlhf verify --trainers` checks.
+    "bandit": {
+        "task_args": [],
+        "pretrain": {"steps": 400, "batch_size": 32, "optim": {"warmup_steps": 10},
+                     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32}},
+        "sft": {"steps": 100, "batch_size": 32},
+        "collect": {"k": 16, "temperature": 1.5},
+        "rm": {"epochs": 20.0, "batch_size": 8},
+        "ppo": {"iterations": 40, "batch_size": 48, "minibatch_size": 16, "critic_init": "policy"},
+        "trpo": {"iterations": 40, "batch_size": 48},
+        "grpo": {"iterations": 40, "prompts_per_iteration": 6},
+        "rloo": {"iterations": 40, "prompts_per_iteration": 6},
+        "dpo": {"epochs": 4.0, "batch_size": 8, "dpo": {"beta": 0.3}},
     },
 }
 

@@ -5,6 +5,8 @@
     minirlhf verify --explain                the table, then each row's formula and source
     minirlhf verify --json verify.json       also write the rows as JSON
     minirlhf verify --seed 3 --tol-scale 10  other random problems; looser tolerances
+    minirlhf verify --trainers               also every trainer, run whole on the bandit task, against
+                                             its exact optimum (minirlhf.verify_trainers; about a minute)
 
 Each row is one small function returning (measured, expected, tolerance). "measured" always
 comes from the project's own code in minirlhf.objectives; "expected" never does: it is a
@@ -1114,6 +1116,10 @@ class VerifyConfig:
                             metadata={"help": "run only rows whose name contains one of these (or matches as a glob)"})
     json: str | None = field(default=None, metadata={"help": "also write the rows as JSON to this path"})
     explain: bool = field(default=False, metadata={"help": "print each row's formula and source after the table"})
+    trainers: bool = field(default=False, metadata={
+        "help": "also run every trainer whole on the bandit task and compare its final policy with its exact optimum"})
+    trainers_dir: str = field(default="", metadata={
+        "help": "folder for the trainer runs ('' = a temporary folder, removed afterwards)"})
 
 
 def _json_safe(obj):
@@ -1129,16 +1135,61 @@ def _json_safe(obj):
 
 def verify(cfg: VerifyConfig) -> dict:
     """Run the report, print it, optionally write JSON; returns {"passed", "n_rows", "n_failed", "rows"}."""
-    results = run_checks(cfg.only, seed=cfg.seed, tol_scale=cfg.tol_scale)
-    print(format_table(results, explain=cfg.explain))
+    checks, trainer_rows = _selection(cfg)
+    results = run_checks(seed=cfg.seed, tol_scale=cfg.tol_scale, checks=checks) if checks else []
+    if results:
+        print(format_table(results, explain=cfg.explain))
     n_failed = sum(not r.passed for r in results)
     out = {"passed": n_failed == 0, "n_rows": len(results), "n_failed": n_failed, "seed": cfg.seed,
            "tol_scale": cfg.tol_scale, "rows": [asdict(r) for r in results]}
+    if trainer_rows:
+        trained = _run_trainers(cfg, trainer_rows)
+        n_bad = sum(not r.passed for r in trained)
+        out["trainers"] = [asdict(r) for r in trained]
+        out["n_failed"] += n_bad
+        out["passed"] = out["n_failed"] == 0
     if cfg.json:
         from minirlhf.checkpoint import atomic_write_json
 
         atomic_write_json(cfg.json, _json_safe(out))
     return out
+
+
+def _selection(cfg: VerifyConfig):
+    """(objective checks, trainer rows) that cfg selects. With --trainers, --only picks from both lists
+    and only a pattern that matches nothing in either is an error."""
+    if not cfg.trainers:
+        return select_checks(cfg.only), []
+    from minirlhf import verify_trainers as T
+
+    patterns = [p for p in cfg.only if p]
+    if not patterns:
+        return list(CHECKS), list(T.ROWS)
+    checks = [c for c in CHECKS if any(p in c.name or fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    rows = [r for r in T.ROWS if any(p in r.name or fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+    if not checks and not rows:
+        raise ValueError(f"only: no check or trainer row matches {patterns}; trainer rows: "
+                         f"{', '.join(r.name for r in T.ROWS)}")
+    return checks, rows
+
+
+def _run_trainers(cfg: VerifyConfig, rows) -> list:
+    """The trainer rows (minirlhf.verify_trainers), printed as their own table."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from minirlhf import verify_trainers as T
+
+    workdir = Path(cfg.trainers_dir) if cfg.trainers_dir else Path(tempfile.mkdtemp(prefix="minirlhf-verify-"))
+    try:
+        reference = T.build_reference(workdir / "reference")
+        results = [T.run_trainer_row(row, reference, workdir) for row in rows]
+    finally:
+        if not cfg.trainers_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n" + T.format_trainer_table(results))
+    return results
 
 
 def verify_cli(cfg: VerifyConfig) -> dict:

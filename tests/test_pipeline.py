@@ -114,3 +114,15 @@ def test_a_tiny_pipeline_over_two_seeds_writes_each_seed_and_the_summary(tmp_pat
     assert "2 seeds" in text and "| 3 | rloo |" in text and "| 5 | sft |" in text and (out / "curves.png").is_file()
     with pytest.raises(ValueError, match="each seed once"):
         cli_main(["pipeline", "--seeds", "1", "1", "--out", str(tmp_path / "q")])
+
+
+def test_the_quick_bandit_pipeline_runs_every_stage(tmp_path):
+    out = tmp_path / "b"
+    cli_main(["pipeline", "--task", "bandit", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "4",
+              "--set", "pretrain.steps=40"])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["rows"]) == {"sft", *ALGORITHMS}
+    for stage in ("pretrain", "sft", "rm", *ALGORITHMS):
+        assert (out / stage / "model").is_dir(), stage
+    assert (out / "prefs" / "train.jsonl").stat().st_size > 0
+    assert (out / "results.md").read_text().startswith("# minirlhf pipeline: bandit (quick)")

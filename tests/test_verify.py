@@ -216,3 +216,42 @@ def test_cli_exits_1_when_a_row_fails(tmp_path, monkeypatch, capsys):
     assert "FAIL" in printed and "0/5 rows pass" in printed
     assert "delta_t = r_t + gamma V(s_t+1) - V(s_t)" in printed  # --explain prints the formulas
     assert json.loads(out.read_text())["passed"] is False
+
+
+# ----------------------------------------------------------------------------- --trainers
+
+
+def test_cli_trainers_runs_a_trainer_row_and_writes_it(tmp_path, capsys):
+    out = tmp_path / "verify.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(["verify", "--trainers", "--only", "trainer/rloo", "--json", str(out),
+                         "--trainers-dir", str(tmp_path / "runs")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    assert data["passed"] is True and data["n_rows"] == 0  # no objective row is named trainer/rloo
+    (row,) = data["trainers"]
+    assert row["name"] == "trainer/rloo" and row["passed"] and row["tv"] <= row["bound"]
+    assert set(row["per_prompt"]) == {"0:", "1:", "2:"}
+    printed = capsys.readouterr().out
+    assert re.search(r"^trainer/rloo\s+pi_ref exp\(r/beta\)/Z\s+0\.0\d+\s+0\.0\d+\s+PASS", printed, re.M)
+    assert "1/1 trainers pass" in printed
+
+
+def test_cli_trainers_exits_1_when_a_trainer_misses_its_target(tmp_path, monkeypatch, capsys):
+    import minirlhf.verify_trainers as T
+
+    monkeypatch.setattr(T, "build_reference", lambda out: tmp_path / "ref")
+    monkeypatch.setattr(T, "run_trainer_row", lambda row, ref, work: T.TrainerResult(
+        row.name, row.target, 0.3, 0.05, False, 0.0, bound_why=row.bound_why))
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["verify", "--trainers", "--only", "gae/hand", "trainer/ppo-critic-free"])
+    assert exc.value.code == 1
+    printed = capsys.readouterr().out
+    assert "1/1 rows pass" in printed  # the objective row still passes
+    assert re.search(r"^trainer/ppo-critic-free\s.*0\.3000\s+0\.0500\s+FAIL", printed, re.M)
+    assert "0/1 trainers pass, 1 FAIL: trainer/ppo-critic-free" in printed
+    with pytest.raises(ValueError, match="no check or trainer row"):
+        cli_main(["verify", "--trainers", "--only", "nothing-is-called-this"])

@@ -3,11 +3,13 @@
     get_task("arithmetic")                       addition/subtraction, exact-match reward
     get_task("arithmetic", max_operand=20)       config fields as keyword arguments
     get_task("instruct", vocab_size=2048)        explain-to-a-child, heuristic judge
+    get_task("bandit", arms=6)                   one-token arms, seeded rewards: exact optima
 """
 from __future__ import annotations
 
 from minirlhf.tasks.arithmetic import (ArithmeticConfig, ArithmeticTask, needs_carry_or_borrow,
                                        parse_answer)
+from minirlhf.tasks.bandit import BanditConfig, BanditTask
 from minirlhf.tasks.base import SPLITS, Task
 from minirlhf.tasks.instruct import InstructConfig, InstructTask, judge_components, judge_score
 from minirlhf.tasks.metrics import mean_rouge_l, rouge_l
@@ -15,6 +17,7 @@ from minirlhf.tasks.metrics import mean_rouge_l, rouge_l
 TASKS: dict[str, type[Task]] = {
     ArithmeticTask.name: ArithmeticTask,
     InstructTask.name: InstructTask,
+    BanditTask.name: BanditTask,
 }
 
 
@@ -30,5 +33,6 @@ __all__ = [
     "SPLITS", "TASKS", "Task", "get_task",
     "ArithmeticConfig", "ArithmeticTask", "needs_carry_or_borrow", "parse_answer",
     "InstructConfig", "InstructTask", "judge_components", "judge_score",
+    "BanditConfig", "BanditTask",
     "rouge_l", "mean_rouge_l",
 ]

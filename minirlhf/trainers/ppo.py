@@ -163,6 +163,21 @@ def compute_advantages(cfg: PPOConfig, rewards, values, mask, d: DistInfo = SING
     return advantages, returns
 
 
+def rewards_and_advantages(cfg, rollout: Rollout, beta: float, d: DistInfo = SINGLE):
+    """Steps 3 and 4 on a scored rollout (its logprobs, ref_logprobs, values, scores and mask set):
+    per-token rewards r_t = -beta k_t plus the score at the last token (beta is 0 in the reward when
+    the penalty is a loss term), the per-token KL estimate k_t, and the advantages and returns of
+    ``compute_advantages``. Returns (rewards, kl, advantages, returns), (B,R) each (returns None
+    without a critic)."""
+    in_reward = cfg.kl.where == "reward"
+    rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
+                                       beta if in_reward else 0.0, cfg.kl.estimator)
+    if not in_reward:
+        kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * rollout.mask
+    advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask, d)
+    return rewards, kl, advantages, returns
+
+
 def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, advantages, returns, ref_logprobs,
                kl_coef: float, penalty: AdaptiveKLPenalty | None, generator, run: TrainingRun, iteration: int,
                d: DistInfo = SINGLE) -> dict:
@@ -342,11 +357,7 @@ def ppo(cfg: PPOConfig) -> dict:
             with run.autocast():  # the reward model's pass
                 raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
-            rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
-                                               beta if cfg.kl.where == "reward" else 0.0, cfg.kl.estimator)
-            if cfg.kl.where == "loss":
-                kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * rollout.mask
-            advantages, returns = compute_advantages(cfg, rewards, values, rollout.mask, d)
+            rewards, kl, advantages, returns = rewards_and_advantages(cfg, rollout, beta, d)
         with timer("update"):
             stats = ppo_update(cfg, ac, optimizer, rollout, advantages, returns, rollout.ref_logprobs, beta,
                                penalty, shuffle_gen, run, it, d)

@@ -44,14 +44,14 @@ from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, all_re
 from minirlhf.lora import trainable_summary
 from minirlhf.logger import Timer
 from minirlhf.objectives import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
-                                 kl_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
+                                 kl_from_logits, logprobs_from_logits, masked_mean,
                                  trpo_step, trpo_surrogate, value_loss)
 from minirlhf.rollout import Rollout, response_values, sample
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
-from minirlhf.trainers.ppo import (ActorCritic, KLConfig, build_critic, build_scorer, compute_advantages,
-                                  reference_logprobs)
+from minirlhf.trainers.ppo import (ActorCritic, KLConfig, build_critic, build_scorer, reference_logprobs,
+                                  rewards_and_advantages)
 from minirlhf.trainers.rl_common import (draw_prompts, evaluate, policy_and_reference, rollout_metrics,
                                          score_rollout)
 
@@ -228,11 +228,9 @@ def trpo(cfg: TRPOConfig) -> dict:
                 rollout.logprobs = logprobs_from_logits(old_logits, response)
                 rollout.values = response_values(critic, rollout) if critic is not None else None
                 rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-                raw, scores = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
+                raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
             beta = kl_ctl.value
-            rewards, kl_ref = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
-                                                   beta, cfg.kl.estimator)
-            advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask, d)
+            rewards, kl_ref, advantages, returns = rewards_and_advantages(cfg, rollout, beta, d)
             entropy = masked_mean(entropy_from_logits(old_logits), rollout.mask)
         with timer("update"):
             stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages, autocast=run.autocast)

@@ -1,17 +1,17 @@
 """The task registry and the shared Task interface."""
 import pytest
 
-from minirlhf.tasks import TASKS, ArithmeticTask, InstructTask, Task, get_task
+from minirlhf.tasks import TASKS, ArithmeticTask, BanditTask, InstructTask, Task, get_task
 
 
 def test_registry_names_and_types():
-    assert TASKS == {"arithmetic": ArithmeticTask, "instruct": InstructTask}
+    assert TASKS == {"arithmetic": ArithmeticTask, "instruct": InstructTask, "bandit": BanditTask}
     assert isinstance(get_task("arithmetic"), ArithmeticTask)
     assert isinstance(get_task("instruct"), InstructTask)
 
 
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match=r"'arithmetic', 'instruct'"):
+    with pytest.raises(ValueError, match=r"'arithmetic', 'bandit', 'instruct'"):
         get_task("sudoku")
 
 
