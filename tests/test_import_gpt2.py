@@ -1,0 +1,115 @@
+"""`minirlhf import`: a Hugging Face GPT-2 folder built by the test (random weights in GPT-2's layout,
+a byte-level BPE trained with `tokenizers`) becomes a model folder whose logits equal an independent
+forward pass on the source tensors, whose tokenizer gives the source tokenizer's ids, and that the
+trainers start from."""
+import json
+
+import pytest
+import torch
+from hf_gpt2_folder import TEXTS, reference_logits, write_folder
+
+from minirlhf.cli import main as cli_main
+from minirlhf.importing import import_gpt2
+from minirlhf.saving import load_model
+from minirlhf.tokenizer import ChatTemplate
+
+
+@pytest.mark.parametrize("weights,tokenizer", [("safetensors", "json"), ("bin", "vocab")])
+def test_imported_folder_gives_the_source_logits_and_ids(tmp_path, weights, tokenizer):
+    sd, cfg, src_tok = write_folder(tmp_path / "hf", weights=weights, tokenizer=tokenizer)
+    import_gpt2(tmp_path / "hf", tmp_path / "out", template="chat")
+    model, tok, template, meta = load_model(tmp_path / "out")
+    # the tokenizer: the source ids for text, <|endoftext|> as EOS (and as pad and BOS: GPT-2 has no others)
+    text = "Why does rain fall? Imagine tiny drops of water, like beads, joining in a cloud."
+    assert tok.encode(text) == src_tok.encode(text, add_special_tokens=False).ids
+    assert tok.decode(tok.encode(text)) == text
+    eos = src_tok.token_to_id("<|endoftext|>")
+    assert tok.eos_id == tok.pad_id == tok.bos_id == eos == cfg["vocab_size"] - 1
+    # the model: logits equal GPT-2 computed on the source tensors, on a real templated prompt
+    ids, _ = template.encode(tok, "What is the capital of France?", "The capital of France is Paris.")
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        ours, ref = model(idx), reference_logits(sd, cfg, idx)
+    assert ours.shape == (1, len(ids), cfg["vocab_size"])
+    assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
+    assert model.config.gelu == "tanh" and model.config.block_size == cfg["n_positions"]
+    # the template and where the model came from
+    assert template == ChatTemplate()
+    src = meta["source"]
+    assert src["format"] == "huggingface-gpt2" and src["path"] == str((tmp_path / "hf").resolve())
+    assert src["weights"] == ("model.safetensors" if weights == "safetensors" else "pytorch_model.bin")
+    assert src["tokenizer"] == (["tokenizer.json"] if tokenizer == "json" else ["vocab.json", "merges.txt"])
+    assert len(src["weights_sha256"]) == 64 and meta["eos_token"] == "<|endoftext|>"
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "pytorch_model.bin").exists()
+
+
+def test_the_command_takes_the_folder_first_and_a_template_of_the_users_choice(tmp_path, capsys):
+    write_folder(tmp_path / "hf")
+    cli_main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "out"),
+              "--template.user", "### Instruction:\\n", "--template.assistant", "\\n\\n### Response:\\n"])
+    _, tok, template, _ = load_model(tmp_path / "out")
+    assert template.prompt_text("Hi") == "### Instruction:\nHi\n\n### Response:\n"
+    assert "2 layers" in capsys.readouterr().out
+    cli_main(["import", "--path", str(tmp_path / "hf"), "--out", str(tmp_path / "plain"), "--template.name", "plain"])
+    assert load_model(tmp_path / "plain")[2].prompt_text("Q: 2+2=") == "Q: 2+2="
+
+
+def test_missing_or_incomplete_folders_say_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        import_gpt2(tmp_path / "nowhere", tmp_path / "out")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        import_gpt2(hf, tmp_path / "out")
+    write_folder(hf, tokenizer="vocab")
+    (hf / "merges.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.json, or vocab.json and merges.txt \(found only vocab.json\)"):
+        import_gpt2(hf, tmp_path / "out")
+    write_folder(hf)
+    (hf / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors or pytorch_model.bin"):
+        import_gpt2(hf, tmp_path / "out")
+    write_folder(hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="model_type.*llama"):
+        import_gpt2(hf, tmp_path / "out")
+    (hf / "config.json").write_text(json.dumps({**cfg, "vocab_size": 100}))  # fewer rows than the tokenizer's ids
+    with pytest.raises(ValueError, match="wte.weight"):
+        import_gpt2(hf, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    # a Hugging Face folder given where a minirlhf folder is expected names the conversion
+    (hf / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="minirlhf import"):
+        load_model(hf)
+
+
+def test_sft_and_a_rollout_run_from_the_imported_model(tmp_path):
+    """The imported folder is an --init like any other: SFT on your own rows (the jsonl task) runs
+    from it, and rollouts work with GPT-2's pad = EOS = <|endoftext|>."""
+    from minirlhf.rollout import sample
+    from minirlhf.trainers.common import OptimConfig, RunConfig, TaskConfig
+    from minirlhf.trainers.sft import SFTConfig, sft
+
+    write_folder(tmp_path / "hf")
+    import_gpt2(tmp_path / "hf", tmp_path / "gpt2")
+    rows = [{"instruction": t.split(". ")[0] + "?", "context": "", "response": t} for t in TEXTS[:6]]
+    (tmp_path / "dolly.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.set_num_threads(1)
+    task = TaskConfig(name="jsonl", args=[f"sft={tmp_path / 'dolly.jsonl'}", "holdout=0.34", "max_response_tokens=24"])
+    result = sft(SFTConfig(task=task, run=RunConfig(out=str(tmp_path / "sft"), progress=False, log_every=1000),
+                           init=str(tmp_path / "gpt2"), steps=3, batch_size=4, eval_every=3, eval_prompts=4, samples=0,
+                           optim=OptimConfig(lr=1e-2, warmup_steps=0)))
+    model, tok, template, meta = load_model(tmp_path / "sft" / "model")
+    assert meta["task"]["name"] == "jsonl" and 0.0 <= result["eval/score"] <= 1.0 and "eval/loss" in result
+    assert template == ChatTemplate() and tok.pad_id == tok.eos_id
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    r = sample(model, tok, template, ["Why is the sky blue?", "What do bees do?"], 12, 1.0,
+               torch.Generator().manual_seed(0))
+    for row in range(2):  # the mask runs to the first EOS, which it keeps, and no further
+        resp = r.input_ids[row, r.prompt_width:]
+        first = (resp == tok.eos_id).nonzero()
+        n = int(first[0]) + 1 if len(first) else resp.numel()
+        assert r.mask[row].tolist() == [1.0] * n + [0.0] * (resp.numel() - n)
+        assert bool(r.ended[row]) == bool(len(first))
