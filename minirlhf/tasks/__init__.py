@@ -3,6 +3,7 @@
     get_task("arithmetic")                       addition/subtraction, exact-match reward
     get_task("arithmetic", max_operand=20)       config fields as keyword arguments
     get_task("instruct", vocab_size=2048)        explain-to-a-child, heuristic judge
+    get_task("jsonl", sft="dolly.jsonl")         your own demonstrations, prompts and judge
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from minirlhf.tasks.arithmetic import (ArithmeticConfig, ArithmeticTask, needs_c
                                        parse_answer)
 from minirlhf.tasks.base import SPLITS, Task
 from minirlhf.tasks.instruct import InstructConfig, InstructTask, judge_components, judge_score
+from minirlhf.tasks.jsonl import JsonlConfig, JsonlTask
 from minirlhf.tasks.metrics import mean_rouge_l, rouge_l
 
 TASKS: dict[str, type[Task]] = {
     ArithmeticTask.name: ArithmeticTask,
     InstructTask.name: InstructTask,
+    JsonlTask.name: JsonlTask,
 }
 
 
@@ -31,4 +34,5 @@ __all__ = [
     "ArithmeticConfig", "ArithmeticTask", "needs_carry_or_borrow", "parse_answer",
     "InstructConfig", "InstructTask", "judge_components", "judge_score",
     "rouge_l", "mean_rouge_l",
+    "JsonlConfig", "JsonlTask",
 ]
