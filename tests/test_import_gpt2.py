@@ -113,3 +113,38 @@ def test_sft_and_a_rollout_run_from_the_imported_model(tmp_path):
         n = int(first[0]) + 1 if len(first) else resp.numel()
         assert r.mask[row].tolist() == [1.0] * n + [0.0] * (resp.numel() - n)
         assert bool(r.ended[row]) == bool(len(first))
+
+
+def test_pipeline_from_an_imported_model_on_dolly_rows_skips_pretraining(tmp_path):
+    """`minirlhf pipeline --task jsonl --init <imported>`: SFT starts from the given model, every
+    other stage from SFT, and the comparison covers every algorithm."""
+    from minirlhf.pipeline import ALGORITHMS, PipelineConfig, stage_configs
+
+    write_folder(tmp_path / "hf")
+    cli_main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "gpt2")])
+    rows = [{"instruction": f"Tell me about {w}.", "context": "", "response": f"{w.title()} is fun, like a game. Do you like {w}?"}
+            for w in ("rain", "bees", "the sun", "plants", "volcanoes", "clouds", "stars", "water", "air", "light")]
+    dolly = write_rows(tmp_path / "dolly.jsonl", rows)
+    args = [f"sft={dolly}", "holdout=0.3", "max_response_tokens=10"]
+    cfg = PipelineConfig(task="jsonl", task_args=args, init=str(tmp_path / "gpt2"), out=str(tmp_path / "p"))
+    configs = stage_configs(cfg)
+    assert configs["sft"].init == str(tmp_path / "gpt2") and configs["sft"].task.name == "jsonl"
+    assert configs["sft"].task.args == args and configs["collect"].policy == str(tmp_path / "p" / "sft" / "model")
+    tiny = ["sft.steps=4", "rm.steps=4", "dpo.steps=2", "ppo.batch_size=8", "ppo.iterations=2", "trpo.iterations=2",
+            "trpo.batch_size=8", "grpo.iterations=2", "rloo.iterations=2", "collect.k=3"]
+    cli_main(["pipeline", "--task", "jsonl", "--task-args", *args, "--init", str(tmp_path / "gpt2"), "--quick",
+              "--out", str(tmp_path / "p"), "--threads", "1", "--eval_prompts", "3"]
+             + [x for item in tiny for x in ("--set", item)])
+    results = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert set(results["rows"]) == {"sft", *ALGORITHMS} and "pretrain" not in results["times"]
+    assert not (tmp_path / "p" / "pretrain").exists()
+    for name, row in results["rows"].items():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["kl_to_sft"] >= -1e-6, name
+    assert "| score (greedy) |" in (tmp_path / "p" / "results.md").read_text()
+    _, tok, _, meta = load_model(tmp_path / "p" / "ppo" / "model")
+    assert meta["task"] == {"name": "jsonl", "args": args} and tok.eos_id == tok.pad_id  # GPT-2's tokenizer throughout
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
