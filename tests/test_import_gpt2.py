@@ -148,3 +148,20 @@ def test_pipeline_from_an_imported_model_on_dolly_rows_skips_pretraining(tmp_pat
 def write_rows(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def test_export_is_the_inverse_of_the_import_conversion(tmp_path):
+    """minirlhf.gpt2.export_gpt2_state_dict (used by scripts/make_gpt2_folder.py) writes GPT-2's
+    layout: the independent GPT-2 forward on the exported tensors gives the model's logits."""
+    from minirlhf.gpt2 import convert_gpt2_state_dict, export_gpt2_state_dict, gpt2_config_dict
+    from minirlhf.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, gelu="tanh")).eval()
+    hf = export_gpt2_state_dict(model)
+    assert "lm_head.weight" not in hf and hf["transformer.h.1.attn.c_attn.weight"].shape == (16, 48)
+    back = convert_gpt2_state_dict(hf, model.config)
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+    idx = torch.randint(0, 40, (1, 16))
+    with torch.no_grad():
+        assert torch.allclose(model(idx), reference_logits(hf, gpt2_config_dict(model.config), idx), atol=1e-5)

@@ -18,7 +18,8 @@ Files (read and validated by minirlhf.data, so a bad row is named as file:line):
 
 Other options: holdout (0.1), seed (0: the held-out draw), max_rows (0: all demonstrations; else the
 first N), max_prompt_chars (0: no limit; else rows and prompts with longer prompts are left out, e.g.
-Dolly's long contexts that would not fit the model's window), template (chat or plain: used when
+Dolly's long contexts that would not fit the model's window), max_response_chars (0: no limit; else
+demonstrations with longer responses are left out), template (chat or plain: used when
 the model folder has none), max_response_tokens (64), vocab_size (1024: the tokenizer trained for
 a model built from scratch).
 
@@ -65,6 +66,7 @@ class JsonlConfig:
     template: str = "chat"
     max_rows: int = 0
     max_prompt_chars: int = 0
+    max_response_chars: int = 0
     vocab_size: int = 1024
     max_response_tokens: int = 64
     seed: int = 0
@@ -78,7 +80,7 @@ class JsonlConfig:
             raise ValueError(f"template: expected chat or plain, got {self.template!r}")
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not 0 <= self.holdout < 1:
             raise ValueError(f"holdout: expected a share in [0, 1), got {self.holdout!r}")
-        for name, low in (("max_rows", 0), ("max_prompt_chars", 0), ("vocab_size", 259), ("max_response_tokens", 1)):
+        for name, low in (("max_rows", 0), ("max_prompt_chars", 0), ("max_response_chars", 0), ("vocab_size", 259), ("max_response_tokens", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
@@ -153,6 +155,8 @@ class JsonlTask(Task):
         rows = load_sft(self._existing(sft_path, "sft"))
         if c.max_prompt_chars:  # a long context would not fit the model's window with its response
             rows = [r for r in rows if len(r["prompt"]) <= c.max_prompt_chars]
+        if c.max_response_chars:  # nor would a very long demonstration
+            rows = [r for r in rows if len(r["response"]) <= c.max_response_chars]
         if c.max_rows:
             rows = rows[: c.max_rows]
         if not rows:

@@ -88,6 +88,8 @@ def test_max_rows_and_max_prompt_chars_trim_the_data(tmp_path):
     path = write(tmp_path / "qa.jsonl", rows)
     t = get_task("jsonl", sft=path, max_prompt_chars=100)
     assert all(len(p) <= 100 for p in t.prompts("train") + t.prompts("test"))
+    t = get_task("jsonl", sft=path, max_response_chars=1)
+    assert {r["response"] for r in t.sft_rows("train")} <= set("0123456789")
     t = get_task("jsonl", sft=path, max_rows=10)
     assert len(t.prompts("train")) + len(t.prompts("test")) == 10
 
