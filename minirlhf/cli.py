@@ -3,6 +3,7 @@
     minirlhf pretrain                       train a GPT from scratch on the task's corpus
     minirlhf sft --lora.enabled true        supervised fine-tuning (full or LoRA)
     minirlhf generate --model runs/sft/model --prompt "Q: 7+5=\\nA:"
+    minirlhf import ~/models/gpt2 --out models/gpt2   a Hugging Face GPT-2 folder as a model folder
     minirlhf <command> --help               every option, with its default
 
 Every option is a field of the command's config dataclass (``--section.field-name value``); a
@@ -31,7 +32,10 @@ COMMANDS = {
     "rloo": ("minirlhf.trainers.rloo", "RLOOConfig", "rloo", "RLOO: REINFORCE with the leave-one-out baseline"),
     "verify": ("minirlhf.verify", "VerifyConfig", "verify_cli", "the closed-form report: every objective against its exact answer"),
     "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
+    "import": ("minirlhf.importing", "ImportConfig", "import_cli", "a Hugging Face GPT-2 folder -> a model folder for --init"),
 }
+# commands whose first argument may be given without its flag: `minirlhf import PATH --out DIR`
+POSITIONAL = {"import": "path"}
 
 
 @dataclass
@@ -117,7 +121,10 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="TOML file with the run's settings")
     add_dataclass_args(parser, cls)
-    args, unknown = parser.parse_known_args(argv[1:])
+    rest = argv[1:]
+    if command in POSITIONAL and rest and not rest[0].startswith("-"):
+        rest = [f"--{POSITIONAL[command]}"] + rest
+    args, unknown = parser.parse_known_args(rest)
     for flag in unknown:
         if flag.startswith("-"):
             import difflib

@@ -20,6 +20,10 @@ Three kinds of file, one JSON object per line (blank lines are skipped):
 ``ranking``     ``{"prompt": str, "responses": [best, ..., worst]}``: at least 2 distinct
                 strings (the input of a Plackett-Luce loss). Canonical row:
                 ``{"prompt", "responses": list[str]}``.
+``prompt``      a prompt to sample from, with an optional reference answer: ``{"prompt": str}``
+                plus ``"reference"`` (or ``"response"`` / ``"completion"``), or a Dolly row
+                ``{"instruction", "context", "response"}`` whose response is the reference.
+                Canonical row: ``{"prompt", "reference": str or None}``.
 
 Every string above must be non-empty and valid Unicode. Unknown extra keys are allowed
 and ignored (public datasets carry ids, sources, ...); a known key with the wrong type is
@@ -44,7 +48,7 @@ import warnings
 
 import torch
 
-KINDS = ("sft", "preference", "ranking")
+KINDS = ("sft", "preference", "ranking", "prompt")
 
 # Named preference strengths s in sigmoid(s * (r_chosen - r_rejected)).
 STRENGTHS = {"slight": 1.0, "strong": 2.0, "very strong": 3.0}
@@ -249,7 +253,29 @@ def parse_ranking_row(obj: dict) -> dict:
     return {"prompt": prompt, "responses": list(responses)}
 
 
-_PARSERS = {"sft": parse_sft_row, "preference": parse_preference_row, "ranking": parse_ranking_row}
+def parse_prompt_row(obj: dict) -> dict:
+    """Validate one prompt object -> ``{"prompt", "reference"}`` (the reference None when the row has
+    none). The prompt as in ``parse_sft_row``; the reference from "reference", "response" or
+    "completion", at most one of them."""
+    _check_object(obj)
+    if "instruction" in obj:
+        if "prompt" in obj:
+            raise _bad("prompt", 'both "prompt" and "instruction" are given; expected one layout, '
+                                 '{"prompt", "reference"} or {"instruction", "context", "response"}')
+        instruction = _string(obj, "instruction")
+        context = _string(obj, "context", required=False, allow_empty=True)
+        prompt = instruction + ("\n\n" + context if context else "")
+    else:
+        prompt = _string(obj, "prompt")
+    given = [k for k in ("reference", "response", "completion") if k in obj]
+    if len(given) > 1:
+        raise _bad(given[1], f'both "{given[0]}" and "{given[1]}" are given; expected at most one reference')
+    reference = _string(obj, given[0]) if given else None
+    return {"prompt": prompt, "reference": reference}
+
+
+_PARSERS = {"sft": parse_sft_row, "preference": parse_preference_row, "ranking": parse_ranking_row,
+            "prompt": parse_prompt_row}
 
 
 # ---------------------------------------------------------------------------
@@ -286,7 +312,7 @@ def _parse_line(raw: bytes, parse) -> dict:
 
 
 def read_jsonl(path, kind: str, on_error: str = "raise"):
-    """Read and validate a JSONL file of ``kind`` in ("sft", "preference", "ranking").
+    """Read and validate a JSONL file of ``kind`` in ("sft", "preference", "ranking", "prompt").
 
     Returns ``(rows, errors)``: the canonical rows in file order and, with
     ``on_error="skip"``, one ``DataError`` per bad line (naming the line); with
@@ -343,6 +369,11 @@ def load_preferences(path, on_error: str = "raise") -> list[dict]:
 def load_rankings(path, on_error: str = "raise") -> list[dict]:
     """Rows of a ranking file; see ``load_sft`` for ``on_error``."""
     return _load(path, "ranking", on_error)
+
+
+def load_prompts(path, on_error: str = "raise") -> list[dict]:
+    """Rows of a prompt file, ``{"prompt", "reference"}``; see ``load_sft`` for ``on_error``."""
+    return _load(path, "prompt", on_error)
 
 
 def write_jsonl(path, rows) -> None:

@@ -134,3 +134,31 @@ def load_gpt2_folder(cls, path: str):
         for name, param in model.state_dict(keep_vars=True).items():
             param.copy_(state[name].to(param.dtype))
     return model
+
+
+def export_gpt2_state_dict(model) -> dict[str, torch.Tensor]:
+    """This GPT's weights under GPT-2's names and layouts (``transformer.`` prefix, Conv1D (in, out)
+    weights, q|k|v fused into ``c_attn``): the inverse of ``convert_gpt2_state_dict``. The LM head
+    is tied, so it is not written, as Hugging Face's safetensors files leave it out."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    c = model.config
+    out = {f"transformer.{k}": sd[k] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
+    for i in range(c.n_layer):
+        p, hp = f"h.{i}.", f"transformer.h.{i}."
+        for ln in ("ln_1", "ln_2"):
+            out[hp + ln + ".weight"], out[hp + ln + ".bias"] = sd[p + ln + ".weight"], sd[p + ln + ".bias"]
+        qkv = [p + f"attn.{proj}" for proj in ("q_proj", "k_proj", "v_proj")]
+        out[hp + "attn.c_attn.weight"] = torch.cat([sd[n + ".weight"] for n in qkv], 0).t()  # (C, 3C)
+        out[hp + "attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv], 0)
+        for layer in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            out[hp + layer + ".weight"] = sd[p + layer + ".weight"].t()
+            out[hp + layer + ".bias"] = sd[p + layer + ".bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def gpt2_config_dict(config) -> dict:
+    """A GPT-2 ``config.json`` for a ``GPTConfig`` (GPT-2's activation, gelu_new, whatever ours is)."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+            "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
+            "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
+            "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}

@@ -7,6 +7,8 @@ PPO, TRPO, GRPO, RLOO and DPO, each from the same SFT start; then one table and 
     minirlhf pipeline --task bandit        one-token arms with seeded rewards (seconds per stage)
     minirlhf pipeline --set ppo.iterations=80 --set dpo.dpo.beta=0.2     change any stage's option
     minirlhf pipeline --seeds 0 1 2        the experiment per seed; results.md gives mean ± sd and each seed
+    minirlhf pipeline --task jsonl --task-args sft=dolly.jsonl --init models/gpt2
+                                           your own data from a given model (minirlhf import): no pretraining
 
 Every stage writes its own run folder under ``--out`` (config.json, metrics.jsonl, checkpoints,
 model/), so each one can be inspected, plotted or re-run alone with its own command. The final
@@ -39,7 +41,11 @@ STAGES = ("pretrain", "sft", "collect", "rm") + ALGORITHMS
 
 @dataclass
 class PipelineConfig:
-    task: str = field(default="arithmetic", metadata={"help": "arithmetic, instruct or bandit"})
+    task: str = field(default="arithmetic", metadata={"help": "arithmetic, instruct, bandit or jsonl"})
+    task_args: list[str] = field(default_factory=list, metadata={
+        "help": "task options as key=value, after the recipe's (e.g. sft=dolly.jsonl judge=reference for jsonl)"})
+    init: str = field(default="", metadata={
+        "help": "a model folder to fine-tune (e.g. from minirlhf import): skips pretraining"})
     out: str = field(default="runs/pipeline", metadata={"help": "folder for every stage's run"})
     quick: bool = field(default=False, metadata={"help": "a short smoke run of every stage"})
     seed: int = 0
@@ -90,6 +96,18 @@ RECIPES = {
         "grpo": {"iterations": 40, "prompts_per_iteration": 6},
         "rloo": {"iterations": 40, "prompts_per_iteration": 6},
         "dpo": {"epochs": 4.0, "batch_size": 8, "dpo": {"beta": 0.3}},
+    },
+    "jsonl": {  # your own data, usually from a given model (--init); the instruct recipe's RL settings
+        "task_args": [],
+        "pretrain": {"steps": 400, "batch_size": 32, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128}},
+        "sft": {"epochs": 3.0, "batch_size": 16, "truncation": "left", "lora": {"enabled": True, "r": 16, "alpha": 32}},
+        "collect": {"judge": "heuristic", "n_prompts": 400, "k": 4, "n_test_prompts": 100},
+        "rm": {"epochs": 2.0, "truncation": "left"},
+        "ppo": {"iterations": 30, "batch_size": 32, "minibatch_size": 8},
+        "trpo": {"iterations": 20, "batch_size": 32},
+        "grpo": {"iterations": 20, "prompts_per_iteration": 8, "group_size": 4, "reward": "RM"},
+        "rloo": {"iterations": 20, "prompts_per_iteration": 8, "reward": "RM"},
+        "dpo": {"epochs": 2.0, "batch_size": 16, "truncation": "left", "dpo": {"beta": 0.1}},
     },
 }
 
@@ -155,7 +173,7 @@ def stage_configs(cfg: PipelineConfig) -> dict:
     out = Path(cfg.out)
     sft_model, rm_model, prefs = str(out / "sft" / "model"), str(out / "rm" / "model"), out / "prefs"
     run = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device}
-    task = {"name": cfg.task, "args": list(recipe["task_args"])}
+    task = {"name": cfg.task, "args": list(recipe["task_args"]) + list(cfg.task_args)}
     wiring = {
         "pretrain": {"task": task, "run": {**run, "out": str(out / "pretrain")}},
         "sft": {"init": str(out / "pretrain" / "model"), "run": {**run, "out": str(out / "sft")}},
@@ -181,6 +199,8 @@ def stage_configs(cfg: PipelineConfig) -> dict:
         if stage in ("ppo", "trpo") and "reward" not in recipe.get(stage, {}) and "reward" not in overrides.get(stage, {}):
             d["reward"] = rm_model  # PPO and TRPO learn from the reward model, as in RLHF
         configs[stage] = from_dict(cls, d)
+    if cfg.init:  # a given model: SFT starts from it and the task comes from here, not from pretraining
+        configs["sft"] = replace(configs["sft"], init=cfg.init, task=from_dict(type(configs["sft"].task), task))
     return configs
 
 
@@ -289,7 +309,8 @@ def run_one_seed(cfg: PipelineConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.json")
-    stages = ["pretrain", "sft", "collect", "rm"] + [a for a in ALGORITHMS if a in cfg.algorithms]
+    stages = (["sft"] if cfg.init else ["pretrain", "sft"]) + ["collect", "rm"] + \
+        [a for a in ALGORITHMS if a in cfg.algorithms]
     times, results = {}, {}
     t_start = time.perf_counter()
     for stage in stages:

@@ -62,11 +62,10 @@ def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int,
     """Generate ``num_samples`` responses per prompt with the KV cache and lay the batch out as a
     ``Rollout``: rows b*G .. b*G + G-1 answer prompt b, whose KV cache is prefilled once.
 
-    The pad token must differ from EOS so that the model learns to stop: after EOS a row holds
-    pad tokens, masked out everywhere.
+    After its first EOS a row holds pad tokens, masked out everywhere; the mask ends at the FIRST
+    EOS (which it keeps, so the model learns to stop), so the pad token may be the EOS token itself,
+    as with GPT-2's tokenizer, whose only special token is <|endoftext|>.
     """
-    if tokenizer.pad_id == tokenizer.eos_id:
-        raise ValueError("rollouts need a pad token distinct from EOS (the EOS must be learnable)")
     if temperature <= 0:
         raise ValueError(f"rollout temperature must be > 0 (log-probs of greedy decoding are undefined), got {temperature}")
     device = next(policy.parameters()).device

@@ -92,6 +92,9 @@ def read_config(folder) -> dict:
         raise FileNotFoundError(f"{folder}: no config.json (not a minirlhf model folder)")
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
+    if config.get("kind") not in KINDS and "model_type" in config:
+        raise ValueError(f"{folder} is a Hugging Face model folder, not a minirlhf one; convert it first: "
+                         f"minirlhf import {folder} --out <folder>")
     if config.get("kind") not in KINDS:
         raise ValueError(f"{path}: field \"kind\": expected one of {sorted(KINDS)}, got {config.get('kind')!r}")
     return config

@@ -26,3 +26,16 @@ def run(script, *args):
 ])
 def test_benchmark_runs(script, args, expect):
     assert expect in run(script, *args)
+
+
+def test_make_gpt2_folder_writes_a_folder_that_minirlhf_import_reads(tmp_path):
+    from minirlhf.importing import import_gpt2
+    from minirlhf.tasks import get_task
+
+    out = run("make_gpt2_folder.py", "--random", "--n-layer", "1", "--n-embd", "16", "--block-size", "32",
+              "--out", str(tmp_path / "hf"), "--dolly", str(tmp_path / "dolly.jsonl"), "--test", str(tmp_path / "t.jsonl"))
+    assert "max |logit difference| after the round trip" in out
+    model, tok, _, _ = import_gpt2(tmp_path / "hf", tmp_path / "gpt2")
+    assert model.config.n_layer == 1 and tok.eos_token == "<eos>"
+    task = get_task("jsonl", sft=str(tmp_path / "dolly.jsonl"), test_prompts=str(tmp_path / "t.jsonl"))
+    assert len(task.sft_rows("train")) == 480 and len(task.prompts("test")) == 100

@@ -4,6 +4,7 @@
     get_task("arithmetic", max_operand=20)       config fields as keyword arguments
     get_task("instruct", vocab_size=2048)        explain-to-a-child, heuristic judge
     get_task("bandit", arms=6)                   one-token arms, seeded rewards: exact optima
+    get_task("jsonl", sft="dolly.jsonl")         your own demonstrations, prompts and judge
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from minirlhf.tasks.arithmetic import (ArithmeticConfig, ArithmeticTask, needs_c
 from minirlhf.tasks.bandit import BanditConfig, BanditTask
 from minirlhf.tasks.base import SPLITS, Task
 from minirlhf.tasks.instruct import InstructConfig, InstructTask, judge_components, judge_score
+from minirlhf.tasks.jsonl import JsonlConfig, JsonlTask
 from minirlhf.tasks.metrics import mean_rouge_l, rouge_l
 
 TASKS: dict[str, type[Task]] = {
     ArithmeticTask.name: ArithmeticTask,
     InstructTask.name: InstructTask,
     BanditTask.name: BanditTask,
+    JsonlTask.name: JsonlTask,
 }
 
 
@@ -35,4 +38,5 @@ __all__ = [
     "InstructConfig", "InstructTask", "judge_components", "judge_score",
     "BanditConfig", "BanditTask",
     "rouge_l", "mean_rouge_l",
+    "JsonlConfig", "JsonlTask",
 ]

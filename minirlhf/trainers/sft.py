@@ -69,8 +69,10 @@ def sft_eval(model, task, tokenizer, template, eval_encoded, cfg: SFTConfig, dev
         n = b["loss_mask"][:, 1:].sum().item()
         losses.append(next_token_loss(logits, b["input_ids"].to(device), b["loss_mask"].to(device)).item() * n)
         weights.append(n)
-    loss = sum(losses) / sum(weights)
-    out = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}
+    out = {}
+    if weights:  # held-out prompts may come without reference answers: then no held-out loss
+        loss = sum(losses) / sum(weights)
+        out = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}
     out.update(evaluate_task(model, task, tokenizer, template, "test", temperatures=(0.0, 1.0),
                              max_prompts=cfg.eval_prompts, seed=cfg.run.seed))
     prompts = task.prompts("test")[: cfg.eval_prompts]

@@ -1,11 +1,11 @@
 """The task registry and the shared Task interface."""
 import pytest
 
-from minirlhf.tasks import TASKS, ArithmeticTask, BanditTask, InstructTask, Task, get_task
+from minirlhf.tasks import TASKS, ArithmeticTask, BanditTask, InstructTask, JsonlTask, Task, get_task
 
 
 def test_registry_names_and_types():
-    assert TASKS == {"arithmetic": ArithmeticTask, "instruct": InstructTask, "bandit": BanditTask}
+    assert TASKS == {"arithmetic": ArithmeticTask, "instruct": InstructTask, "bandit": BanditTask, "jsonl": JsonlTask}
     assert isinstance(get_task("arithmetic"), ArithmeticTask)
     assert isinstance(get_task("instruct"), InstructTask)
 
