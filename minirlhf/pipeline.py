@@ -43,7 +43,9 @@ class PipelineConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = "auto"
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
-    reuse: bool = field(default=False, metadata={"help": "skip stages whose output already exists in --out"})
+    reuse: bool = field(default=False, metadata={"help": "skip stages whose output already exists in --out "
+                                                        "(an unfinished stage is run again from scratch)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the runs of an earlier pipeline in --out"})
     set: list[str] = field(default_factory=list, metadata={"help": "overrides as stage.key=value (repeatable)"})
     eval_prompts: int = field(default=300, metadata={"help": "held-out prompts in the final comparison"})
 
@@ -133,13 +135,14 @@ def stage_configs(cfg: PipelineConfig) -> dict:
     recipe = RECIPES[cfg.task]
     out = Path(cfg.out)
     sft_model, rm_model, prefs = str(out / "sft" / "model"), str(out / "rm" / "model"), out / "prefs"
-    run = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device}
+    replace = cfg.overwrite or cfg.reuse  # a stage that runs again replaces what an earlier pipeline left
+    run = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device, "overwrite": replace}
     task = {"name": cfg.task, "args": list(recipe["task_args"])}
     wiring = {
         "pretrain": {"task": task, "run": {**run, "out": str(out / "pretrain")}},
         "sft": {"init": str(out / "pretrain" / "model"), "run": {**run, "out": str(out / "sft")}},
         "collect": {"policy": sft_model, "out": str(prefs), "seed": cfg.seed, "threads": cfg.threads,
-                    "device": cfg.device},
+                    "device": cfg.device, "overwrite": replace},
         "rm": {"init": sft_model, "data": str(prefs), "run": {**run, "out": str(out / "rm")}},
         "dpo": {"init": sft_model, "data": str(prefs / "train.jsonl"), "run": {**run, "out": str(out / "dpo")}},
     }
@@ -267,6 +270,12 @@ def pipeline(cfg: PipelineConfig) -> dict:
         set_threads(cfg.threads)
     configs = stage_configs(cfg)
     out = Path(cfg.out)
+    if out.is_dir() and any(out.iterdir()) and not (cfg.reuse or cfg.overwrite):
+        from minirlhf.folders import RunFolderError
+
+        raise RunFolderError(f"--out {out} already holds files ({', '.join(sorted(p.name for p in out.iterdir())[:5])}); "
+                             f"keep its finished stages with --reuse true, replace them with --overwrite true, "
+                             f"or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.json")
     stages = ["pretrain", "sft", "collect", "rm"] + [a for a in ALGORITHMS if a in cfg.algorithms]
