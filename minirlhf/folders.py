@@ -92,7 +92,7 @@ def input_paths(config: dict, skip: tuple[str, ...] = ("run.out", "out")) -> dic
 
 
 def check_not_an_input(out: Path, config: dict, out_option: str) -> None:
-    """Refuse an output folder that is, holds or sits inside an input of the same command."""
+    """Refuse an output folder that is an input of the same command, holds one, or is part of one."""
     target = out.resolve()
     for key, path in input_paths(config).items():
         src = path.resolve()
@@ -102,7 +102,7 @@ def check_not_an_input(out: Path, config: dict, out_option: str) -> None:
                                  f"it: choose another {out_option}")
         if target in src.parents:
             raise RunFolderError(f"{out_option} {out} holds the input {flag} {path}; choose another {out_option}")
-        if src in target.parents:
+        if src in target.parents and target.exists():  # a new folder inside a data folder clobbers nothing
             raise RunFolderError(f"{out_option} {out} is inside the input {flag} {path}; choose another {out_option}")
 
 
