@@ -182,13 +182,21 @@ def _main(argv: list[str]) -> int:
         cfg = resolve_config(cls, args, toml_path=args.config)
     except ConfigError as e:
         parser.error(str(e))
+    import signal
+
     from minirlhf.trainers import common
 
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     common.HANDLE_SIGNALS = True
     try:
         getattr(mod, fn_name)(cfg)
     finally:
         common.HANDLE_SIGNALS = False
+        for sig, handler in handlers.items():  # a run that failed did not put its own back
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):  # pragma: no cover - not the main thread
+                pass
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from minirlhf.checkpoint import atomic_write_text
-from minirlhf.config import from_dict, save_config, to_dict
+from minirlhf.config import from_dict, save_config, to_dict, validate_ranges
 
 ALGORITHMS = ("ppo", "trpo", "grpo", "rloo", "dpo")
 STAGES = ("pretrain", "sft", "collect", "rm") + ALGORITHMS
@@ -162,7 +162,7 @@ def stage_configs(cfg: PipelineConfig) -> dict:
             d["reward"] = rm_model
         if stage in ("ppo", "trpo") and "reward" not in recipe.get(stage, {}) and "reward" not in overrides.get(stage, {}):
             d["reward"] = rm_model  # PPO and TRPO learn from the reward model, as in RLHF
-        configs[stage] = from_dict(cls, d)
+        configs[stage] = validate_ranges(from_dict(cls, d), stage)
     return configs
 
 
