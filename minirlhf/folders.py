@@ -66,7 +66,9 @@ def config_changes(saved: dict, new: dict) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if _is_resumable(key):
             continue
-        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if key not in a or key not in b:  # an option older or newer than the saved run: its default applies
+            continue
+        va, vb = a[key], b[key]
         if isinstance(va, tuple):
             va = list(va)
         if isinstance(vb, tuple):
@@ -207,6 +209,8 @@ INPUT_KINDS = {
     (None, "reward"): ("reward",),
 }
 
+COMMANDS_WITH_INPUTS = ("sft", "dpo", "rm", "ppo", "trpo", "grpo", "rloo", "collect", "generate")
+
 _KIND_WORDS = {"gpt": "a language model (policy)", "reward": "a reward model", "value": "a value model (critic)"}
 
 
@@ -221,6 +225,10 @@ def folder_kind(folder) -> str:
     except (OSError, ValueError) as e:
         raise ModelKindError(f"{path}: not valid JSON ({e}); the model folder is damaged") from None
     kind = config.get("kind") if isinstance(config, dict) else None
+    if kind is None and isinstance(config, dict) and "gpt" in config:  # an older folder: infer it
+        from minirlhf.saving import infer_kind
+
+        kind = infer_kind(folder)
     if kind is None and isinstance(config, dict) and "gpt" not in config and ("run" in config or "task" in config):
         raise ModelKindError(f"{folder}: a run folder, not a model folder; its model is in {folder / 'model'}")
     if kind not in _KIND_WORDS:
@@ -229,7 +237,10 @@ def folder_kind(folder) -> str:
 
 
 def check_input_kinds(command: str, config: dict) -> None:
-    """Every model-folder option of ``command`` names an existing folder of a kind it takes."""
+    """Every model-folder option of ``command`` names an existing folder of a kind it takes (for the
+    commands of the command line; a program's own loop, e.g. a benchmark, checks its own inputs)."""
+    if command not in COMMANDS_WITH_INPUTS:
+        return
     flat = _flatten(config)
     for (cmd, key), kinds in INPUT_KINDS.items():
         if cmd not in (None, command) or key not in flat or (cmd is None and (command, key) in INPUT_KINDS):

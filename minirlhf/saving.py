@@ -91,6 +91,24 @@ def save_model(folder, model: nn.Module, tokenizer=None, template=None, meta: di
     return folder
 
 
+def infer_kind(folder) -> str:
+    """The kind of a model folder written before config.json recorded one, from its tensor names:
+    a reward model keeps its score statistics, a value model a head, a GPT neither."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+    except Exception as e:
+        raise ValueError(f"{path}: cannot tell what model the folder holds ({e})") from None
+    if "reward_mean" in names:
+        return "reward"
+    if any(n.startswith("backbone.") for n in names):
+        return "value"
+    return "gpt"
+
+
 def read_config(folder) -> dict:
     path = Path(folder) / "config.json"
     if not Path(folder).exists():
@@ -104,6 +122,8 @@ def read_config(folder) -> dict:
         raise ValueError(f"{path}: not valid JSON ({e}); the model folder is damaged: save or copy it again") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if "kind" not in config and "gpt" in config:  # written before folders recorded their kind
+        config["kind"] = infer_kind(folder)
     if config.get("kind") not in KINDS:
         raise ValueError(f"{path}: field \"kind\": expected one of {sorted(KINDS)}, got {config.get('kind')!r}")
     return config

@@ -201,6 +201,21 @@ def test_policy_options_refuse_a_reward_model(models, tmp_path, capsys):
     assert rc == 1 and "a run folder, not a model folder" in err
 
 
+def test_a_folder_without_a_kind_is_read_from_its_weights(models, tmp_path, capsys):
+    from minirlhf.folders import folder_kind
+
+    for name, kind in (("pt/model", "gpt"), ("rm", "reward")):
+        old = tmp_path / name.replace("/", "_")
+        shutil.copytree(models / name, old)
+        config = json.loads((old / "config.json").read_text())
+        del config["kind"]
+        (old / "config.json").write_text(json.dumps(config))
+        assert folder_kind(old) == kind
+        assert type(load_model(old)[0]).__name__ == {"gpt": "GPT", "reward": "RewardModel"}[kind]
+    rc, err = cli(capsys, *sft_args(tmp_path / "rm", tmp_path / "s", "--steps", "1"))
+    assert rc == 1 and "holds a reward model" in err
+
+
 # ---------------------------------------------------------------- 6. bad numbers
 
 @pytest.mark.parametrize("args", [
