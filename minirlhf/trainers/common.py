@@ -237,7 +237,7 @@ class TrainingRun:
 
         def handler(signum, frame):
             if self._stop_signal is not None:  # a second signal: stop now
-                raise RunInterrupted(signum, None, None, self)
+                raise RunInterrupted(signum, None, self.ckpt.latest(), self)
             self._stop_signal = signum
             print(f"\n[{self.name}] {signal.Signals(signum).name}: stopping after this step (again to stop now)",
                   file=sys.stderr, flush=True)
