@@ -265,3 +265,13 @@ def check_input_kinds(command: str, config: dict) -> None:
         if kind not in kinds:
             raise ModelKindError(f"{flag} {value} holds {_KIND_WORDS[kind]}, but {command} needs "
                                  f"{' or '.join(_KIND_WORDS[k] for k in kinds)} there")
+    policy, reward = flat.get("policy"), flat.get("reward")
+    if command != "rm" and isinstance(policy, str) and isinstance(reward, str) and reward not in REWARD_KEYWORDS:
+        from minirlhf.tokenizer import check_same_tokenizer, load_tokenizer
+
+        try:  # a reward model scores token ids: it must read the policy's ids as the policy means them
+            check_same_tokenizer(load_tokenizer(Path(policy) / "tokenizer.json"),
+                                 load_tokenizer(Path(reward) / "tokenizer.json"),
+                                 f"--policy {policy}", f"--reward {reward}")
+        except ValueError as e:
+            raise ModelKindError(str(e)) from None

@@ -192,6 +192,18 @@ def test_reward_option_needs_a_reward_model(models, tmp_path, capsys, command):
     assert not (tmp_path / "r").exists()
 
 
+def test_reward_model_must_share_the_policy_tokenizer(models, tmp_path, capsys):
+    other = tmp_path / "other_rm"
+    shutil.copytree(models / "rm", other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    tok["alphabet"][-1] = "Z"  # same size, another character
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    rc, err = cli(capsys, "ppo", "--policy", models / "pt" / "model", "--reward", other, "--run.out", tmp_path / "r",
+                  *TASK)
+    assert rc == 1 and f"--reward {other}" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_policy_options_refuse_a_reward_model(models, tmp_path, capsys):
     rc, err = cli(capsys, *sft_args(models / "rm", tmp_path / "s", "--steps", "1"))
     assert rc == 1 and "holds a reward model" in err
