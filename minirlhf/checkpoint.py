@@ -265,9 +265,15 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     device = str(device) if isinstance(device, torch.device) else device
-    with safe_open(str(path), framework="pt", device=device) as f:
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-        aliases = json.loads((f.metadata() or {}).get(ALIASES_KEY, "{}"))
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get(ALIASES_KEY, "{}"))
+    except Exception as e:  # a truncated or foreign file: safetensors' own error does not name it
+        if isinstance(e, (MemoryError, KeyboardInterrupt)):
+            raise
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it may be truncated: "
+                              f"write or copy it again") from e
     for alias, name in aliases.items():
         tensors[alias] = tensors[name]
     return tensors

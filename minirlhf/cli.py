@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -61,6 +62,10 @@ def generate(cfg: GenerateConfig) -> dict:
     from minirlhf.tasks import get_task
     from minirlhf.trainers.common import parse_task_args
 
+    from minirlhf.config import to_dict
+    from minirlhf.folders import check_input_kinds
+
+    check_input_kinds("generate", to_dict(cfg))
     device = resolve_device(cfg.device)
     model, tokenizer, template, meta = load_model(cfg.model, kind="gpt", device=device)
     task = None
@@ -101,10 +106,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_errors() -> tuple:
+    """Failures that are the input's fault, reported in one line; anything else is a bug and keeps its traceback."""
+    from minirlhf.checkpoint import CheckpointError
+    from minirlhf.data import DataError
+
+    errors = [ValueError, OSError, CheckpointError, DataError, FloatingPointError, KeyError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _debug(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("MINIRLHF_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
 def main(argv=None) -> int:
+    """Run a command; an expected failure prints one line (exit 1; 2 for options, 130/143 for signals)
+    with no traceback unless --debug or MINIRLHF_DEBUG=1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        code = getattr(e, "exit_code", 130)
+        print(str(e) or f"minirlhf: interrupted; nothing was saved", file=sys.stderr)
+        return code
+    except _expected_errors() as e:
+        if debug:
+            raise
+        prog = f"minirlhf {argv[0]}" if argv else "minirlhf"
+        message = str(e).strip() or type(e).__name__
+        if isinstance(e, KeyError):
+            message = f"missing entry {message}"
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: (run with --debug or MINIRLHF_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     from minirlhf.config import ConfigError, resolve_config
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] not in ("-h", "--help"):
@@ -120,6 +169,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"minirlhf {command}", description=help_text,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="TOML file with the run's settings")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error "
+                                                             "(also MINIRLHF_DEBUG=1)")
     add_dataclass_args(parser, cls)
     rest = argv[1:]
     if command in POSITIONAL and rest and not rest[0].startswith("-"):
@@ -138,7 +189,21 @@ def main(argv=None) -> int:
         cfg = resolve_config(cls, args, toml_path=args.config)
     except ConfigError as e:
         parser.error(str(e))
-    getattr(mod, fn_name)(cfg)
+    import signal
+
+    from minirlhf.trainers import common
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    common.HANDLE_SIGNALS = True
+    try:
+        getattr(mod, fn_name)(cfg)
+    finally:
+        common.HANDLE_SIGNALS = False
+        for sig, handler in handlers.items():  # a run that failed did not put its own back
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):  # pragma: no cover - not the main thread
+                pass
     return 0
 
 

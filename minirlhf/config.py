@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import sys
@@ -59,6 +60,7 @@ __all__ = [
     "resolve_config",
     "save_config",
     "load_config",
+    "validate_ranges",
 ]
 
 _NONE_WORDS = ("none", "null")
@@ -294,6 +296,8 @@ def from_dict(cls: type, d: Mapping, path: str = "") -> Any:
 
 def load_toml(path: str | os.PathLike) -> dict:
     """Read a TOML file as nested dicts."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such TOML file")
     with open(path, "rb") as f:
         try:
             return tomllib.load(f)
@@ -524,4 +528,86 @@ def resolve_config(cls: type, args: argparse.Namespace | Sequence[str] | None = 
 
     if prefix:
         flat = {k[len(prefix) + 1:]: v for k, v in flat.items()}
-    return from_dict(cls, _merge(data, _nest(flat)), path=prefix)
+    return validate_ranges(from_dict(cls, _merge(data, _nest(flat)), path=prefix), prefix)
+
+
+# ---------------------------------------------------------------- ranges of numeric options
+
+# A numeric field's allowed range, by "ClassName.field" or by field name: (low, low_open, high,
+# high_open); None leaves a side unbounded. A field's metadata may say the same with "range".
+# Every float must be finite, and an int field is already an integer by type.
+_POS = (0, True, None, False)        # > 0
+_NONNEG = (0, False, None, False)    # >= 0
+_ONE = (1, False, None, False)       # >= 1
+_UNIT = (0, False, 1, False)         # [0, 1]
+_UNIT_OPEN_HIGH = (0, False, 1, True)  # [0, 1)
+RANGES: dict[str, tuple] = {
+    # counts
+    "steps": _NONNEG, "epochs": _NONNEG, "iterations": _NONNEG, "max_pairs": _NONNEG, "rounds": _NONNEG,
+    "batch_size": _ONE, "minibatch_size": _ONE, "critic_minibatch_size": _ONE, "eval_batch_size": _ONE,
+    "prompts_per_iteration": _ONE, "prompts_per_round": _ONE, "steps_per_round": _ONE,
+    "samples_per_prompt": (2, False, None, False), "group_size": _ONE, "k": _ONE, "mu": _ONE,
+    "ppo_epochs": _ONE, "critic_epochs": _NONNEG, "cg_iters": _ONE, "backtrack_iters": _ONE,
+    "eval_every": _ONE, "eval_batches": _ONE, "eval_prompts": _NONNEG, "eval_pairs": _NONNEG, "samples": _NONNEG,
+    "ece_bins": _ONE, "max_len": _NONNEG, "max_new_tokens": _NONNEG, "n": _ONE, "n_prompts": _NONNEG,
+    "n_test_prompts": _NONNEG, "n_annotators": _ONE, "top_k": _ONE, "threads": _NONNEG, "seed": _NONNEG,
+    "horizon": _ONE,
+    # run settings
+    "RunConfig.log_every": _ONE, "RunConfig.save_every": _NONNEG, "RunConfig.keep_last": _ONE,
+    # the optimiser and its schedule
+    "OptimConfig.lr": _POS, "OptimConfig.weight_decay": _NONNEG, "OptimConfig.beta1": _UNIT_OPEN_HIGH,
+    "OptimConfig.beta2": _UNIT_OPEN_HIGH, "OptimConfig.eps": _POS, "OptimConfig.warmup_steps": _NONNEG,
+    "OptimConfig.min_lr_ratio": _UNIT, "OptimConfig.grad_clip": _NONNEG, "OptimConfig.grad_accum": _ONE,
+    "critic_lr": _POS,
+    # model and LoRA shapes
+    "LoRAConfig.r": _ONE, "LoRAConfig.alpha": _POS, "LoRAConfig.dropout": _UNIT_OPEN_HIGH,
+    "ModelSize.n_layer": _ONE, "ModelSize.n_head": _ONE, "ModelSize.n_embd": _ONE,
+    "ModelSize.block_size": _NONNEG, "ModelSize.dropout": _UNIT_OPEN_HIGH,
+    # sampling
+    "temperature": _POS, "GenerateConfig.temperature": _NONNEG, "sample_temperature": _POS,
+    "top_p": (0, True, 1, False),
+    # objectives
+    "clip_eps": _POS, "gamma": _UNIT, "lam": _UNIT, "vf_coef": _NONNEG, "value_clip": _NONNEG,
+    "target_approx_kl": _NONNEG, "reward_clip": _NONNEG, "penalty_beta": _NONNEG, "penalty_target": _POS,
+    "max_kl": _POS, "damping": _NONNEG, "backtrack_coeff": (0, True, 1, True), "coef": _NONNEG,
+    "target": _POS, "beta": _NONNEG, "DPOLossConfig.beta": _POS, "label_smoothing": (0, False, 0.5, True),
+    "flip_prob": _UNIT, "tie_margin": _NONNEG, "val_fraction": _UNIT_OPEN_HIGH, "tol_scale": _POS,
+}
+
+
+def _range_words(r: tuple) -> str:
+    low, low_open, high, high_open = r
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high}")
+    return " and ".join(parts)
+
+
+def validate_ranges(cfg: Any, path: str = "") -> Any:
+    """Check every numeric field of ``cfg`` (and its sections) against its range (``RANGES`` or the
+    field's metadata "range") and, for floats, finiteness; a ConfigError names the option."""
+    hints = _type_hints(type(cfg))
+    for f in _init_fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        key = _join(path, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_ranges(value, key)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = "--" + key.replace("_", "-")
+        is_int = hints[f.name] is int or _optional_inner(hints[f.name]) is int
+        kind = "an integer" if is_int else "a finite number"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag}: expected {kind}, got {value!r}")
+        r = f.metadata.get("range") or RANGES.get(f"{type(cfg).__name__}.{f.name}") or RANGES.get(f.name)
+        if r is None:
+            continue
+        low, low_open, high, high_open = r
+        bad = ((low is not None and (value < low or (low_open and value == low)))
+               or (high is not None and (value > high or (high_open and value == high))))
+        if bad:
+            raise ConfigError(f"{flag}: expected {kind} {_range_words(r)}, got {value!r}")
+    return cfg

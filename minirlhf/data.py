@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import warnings
 
@@ -644,3 +645,61 @@ def batches(n: int, batch_size: int, generator=None, drop_last: bool = False) ->
     if drop_last and out and len(out[-1]) < batch_size:
         out.pop()
     return out
+
+
+# ---------------------------------------------------------------------------
+# Training data with its bad rows skipped and listed
+# ---------------------------------------------------------------------------
+
+def _row_lines(path, errors) -> list[int]:
+    """The 1-based line of each row ``read_jsonl`` returned (non-blank lines less the skipped bad ones)."""
+    bad = {e.line for e in errors}
+    lines = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM):]
+            if raw.strip(_JSON_WHITESPACE) and lineno not in bad:
+                lines.append(lineno)
+    return lines
+
+
+def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str = "error",
+                on_bad_row: str = "skip", name: str = "data", option: str = "--data") -> tuple[list[dict], int]:
+    """The rows of a JSONL file of ``kind`` ("sft" or "preference") that parse and encode within
+    ``max_len``, and how many were skipped. Each bad row is named ``file:line`` and listed (the
+    first five) on stderr; with ``on_bad_row="raise"`` the first one raises. A missing file, or one
+    with no usable row, is a DataError."""
+    if on_bad_row not in ("skip", "raise"):
+        raise ValueError(f'on_bad_row: expected "skip" or "raise", got {on_bad_row!r}')
+    file = os.fspath(path)
+    if not os.path.isfile(file):
+        raise DataError(f"no such file; {option} takes a {kind} JSONL file", file=file)
+    rows, bad = read_jsonl(path, kind, on_error="raise" if on_bad_row == "raise" else "skip")
+    lines = _row_lines(path, bad)
+    kept = []
+    for row, line in zip(rows, lines):
+        try:
+            with warnings.catch_warnings():  # truncation is reported when batches are built
+                warnings.simplefilter("ignore")
+                if kind == "sft":
+                    encode_sft(tokenizer, template, [row], max_len, truncation)
+                else:
+                    collate_preferences(tokenizer, template, [row], max_len, truncation)
+        except DataError as e:
+            err = DataError(e.reason, file=file, line=line, field=e.field)
+            if on_bad_row == "raise":
+                raise err from None
+            bad.append(err)
+            continue
+        kept.append(row)
+    if bad:
+        bad.sort(key=lambda e: e.line or 0)
+        shown = "\n  ".join(str(e) for e in bad[:5])
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        print(f"[{name}] {file}: skipped {len(bad)} bad row(s), kept {len(kept)} (--on-bad-row raise stops at "
+              f"the first):\n  {shown}{more}", file=sys.stderr)
+    if not kept:
+        raise DataError(f"no usable {kind} rows ({len(bad)} bad, see above); {option} needs at least one",
+                        file=file)
+    return kept, len(bad)

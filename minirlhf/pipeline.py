@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from minirlhf.checkpoint import atomic_write_text
-from minirlhf.config import from_dict, save_config, to_dict
+from minirlhf.config import from_dict, save_config, to_dict, validate_ranges
 
 ALGORITHMS = ("ppo", "trpo", "grpo", "rloo", "dpo")
 STAGES = ("pretrain", "sft", "collect", "rm") + ALGORITHMS
@@ -55,7 +55,9 @@ class PipelineConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = "auto"
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
-    reuse: bool = field(default=False, metadata={"help": "skip stages whose output already exists in --out"})
+    reuse: bool = field(default=False, metadata={"help": "skip stages whose output already exists in --out "
+                                                        "(an unfinished stage is run again from scratch)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the runs of an earlier pipeline in --out"})
     set: list[str] = field(default_factory=list, metadata={"help": "overrides as stage.key=value (repeatable)"})
     eval_prompts: int = field(default=300, metadata={"help": "held-out prompts in the final comparison"})
 
@@ -172,13 +174,14 @@ def stage_configs(cfg: PipelineConfig) -> dict:
     recipe = RECIPES[cfg.task]
     out = Path(cfg.out)
     sft_model, rm_model, prefs = str(out / "sft" / "model"), str(out / "rm" / "model"), out / "prefs"
-    run = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device}
+    rewrite = cfg.overwrite or cfg.reuse  # a stage that runs again replaces what an earlier pipeline left
+    run = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device, "overwrite": rewrite}
     task = {"name": cfg.task, "args": list(recipe["task_args"]) + list(cfg.task_args)}
     wiring = {
         "pretrain": {"task": task, "run": {**run, "out": str(out / "pretrain")}},
         "sft": {"init": str(out / "pretrain" / "model"), "run": {**run, "out": str(out / "sft")}},
         "collect": {"policy": sft_model, "out": str(prefs), "seed": cfg.seed, "threads": cfg.threads,
-                    "device": cfg.device},
+                    "device": cfg.device, "overwrite": rewrite},
         "rm": {"init": sft_model, "data": str(prefs), "run": {**run, "out": str(out / "rm")}},
         "dpo": {"init": sft_model, "data": str(prefs / "train.jsonl"), "run": {**run, "out": str(out / "dpo")}},
     }
@@ -198,7 +201,7 @@ def stage_configs(cfg: PipelineConfig) -> dict:
             d["reward"] = rm_model
         if stage in ("ppo", "trpo") and "reward" not in recipe.get(stage, {}) and "reward" not in overrides.get(stage, {}):
             d["reward"] = rm_model  # PPO and TRPO learn from the reward model, as in RLHF
-        configs[stage] = from_dict(cls, d)
+        configs[stage] = validate_ranges(from_dict(cls, d), stage)
     if cfg.init:  # a given model: SFT starts from it and the task comes from here, not from pretraining
         configs["sft"] = replace(configs["sft"], init=cfg.init, task=from_dict(type(configs["sft"].task), task))
     return configs
@@ -301,12 +304,24 @@ def command_line(cfg: PipelineConfig) -> str:
     return " ".join(parts)
 
 
+def check_out_is_free(cfg: PipelineConfig) -> None:
+    """Refuse an --out that holds files unless --reuse or --overwrite says what to do with them."""
+    out = Path(cfg.out)
+    if out.is_dir() and any(out.iterdir()) and not (cfg.reuse or cfg.overwrite):
+        from minirlhf.folders import RunFolderError
+
+        raise RunFolderError(f"--out {out} already holds files ({', '.join(sorted(p.name for p in out.iterdir())[:5])}); "
+                             f"keep its finished stages with --reuse true, replace them with --overwrite true, "
+                             f"or choose another --out")
+
+
 def run_one_seed(cfg: PipelineConfig) -> dict:
     """The experiment for ``cfg.seed`` in ``cfg.out``: every stage, the comparison, results.md and a figure."""
     from minirlhf.device import resolve_device
 
     configs = stage_configs(cfg)
     out = Path(cfg.out)
+    check_out_is_free(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.json")
     stages = (["sft"] if cfg.init else ["pretrain", "sft"]) + ["collect", "rm"] + \
@@ -415,6 +430,7 @@ def pipeline(cfg: PipelineConfig) -> dict:
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"--seeds: each seed once, got {cfg.seeds}")
     stage_configs(cfg)  # refuse a bad task, algorithm or --set before the first seed's run
+    check_out_is_free(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.json")

@@ -57,8 +57,13 @@ def _gpt_config(model: nn.Module) -> GPTConfig:
 
 
 def save_model(folder, model: nn.Module, tokenizer=None, template=None, meta: dict | None = None) -> Path:
-    """Write ``model`` (GPT, RewardModel or ValueModel) with its tokenizer and template to ``folder``."""
+    """Write ``model`` (GPT, RewardModel or ValueModel) with its tokenizer and template to ``folder``.
+    A model with NaN or Inf weights is refused (FloatingPointError): it would only mislead."""
     folder = Path(folder)
+    bad = [k for k, v in model.state_dict().items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FloatingPointError(f"{folder}: not saved: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}); "
+                                 f"the training diverged: lower the learning rate")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()
@@ -86,15 +91,42 @@ def save_model(folder, model: nn.Module, tokenizer=None, template=None, meta: di
     return folder
 
 
+def infer_kind(folder) -> str:
+    """The kind of a model folder written before config.json recorded one, from its tensor names:
+    a reward model keeps its score statistics, a value model a head, a GPT neither."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+    except Exception as e:
+        raise ValueError(f"{path}: cannot tell what model the folder holds ({e})") from None
+    if "reward_mean" in names:
+        return "reward"
+    if any(n.startswith("backbone.") for n in names):
+        return "value"
+    return "gpt"
+
+
 def read_config(folder) -> dict:
     path = Path(folder) / "config.json"
+    if not Path(folder).exists():
+        raise FileNotFoundError(f"{folder}: no such model folder")
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (not a minirlhf model folder)")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the model folder is damaged: save or copy it again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
     if config.get("kind") not in KINDS and "model_type" in config:
         raise ValueError(f"{folder} is a Hugging Face model folder, not a minirlhf one; convert it first: "
                          f"minirlhf import {folder} --out <folder>")
+    if "kind" not in config and "gpt" in config:  # written before folders recorded their kind
+        config["kind"] = infer_kind(folder)
     if config.get("kind") not in KINDS:
         raise ValueError(f"{path}: field \"kind\": expected one of {sorted(KINDS)}, got {config.get('kind')!r}")
     return config

@@ -112,8 +112,11 @@ def test_a_tiny_pipeline_over_two_seeds_writes_each_seed_and_the_summary(tmp_pat
     assert a != b
     text = (out / "results.md").read_text()
     assert "2 seeds" in text and "| 3 | rloo |" in text and "| 5 | sft |" in text and (out / "curves.png").is_file()
+    from minirlhf.pipeline import pipeline
+
     with pytest.raises(ValueError, match="each seed once"):
-        cli_main(["pipeline", "--seeds", "1", "1", "--out", str(tmp_path / "q")])
+        pipeline(PipelineConfig(seeds=[1, 1], out=str(tmp_path / "q")))
+    assert not (tmp_path / "q").exists()  # refused before anything was written
 
 
 def test_the_quick_bandit_pipeline_runs_every_stage(tmp_path):

@@ -35,10 +35,11 @@ from typing import Literal
 import torch
 
 from minirlhf.checkpoint import atomic_write_json
-from minirlhf.config import save_config
+from minirlhf.config import save_config, to_dict
 from minirlhf.data import STRENGTHS, parse_preference_row, parse_ranking_row, write_jsonl
 from minirlhf.device import resolve_device, seed_everything, set_threads
 from minirlhf.evaluation import generate_responses
+from minirlhf.folders import check_input_kinds, plan_output
 from minirlhf.judges import GoldJudge, HeuristicJudge, NoisyJudge, Preference, agreement_counts, preference_rows
 from minirlhf.objectives.preference import fleiss_kappa
 from minirlhf.saving import load_model
@@ -52,6 +53,7 @@ class CollectConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     policy: str = field(default="runs/sft/model", metadata={"help": "model folder to sample from"})
     out: str = field(default="runs/prefs", metadata={"help": "folder for the JSONL files and summary.json"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier collect output in --out, whole"})
     judge: Literal["gold", "heuristic", "noisy"] = field(
         default="gold", metadata={"help": "gold: the task's exact check; heuristic: a graded score (the instruct "
                                           "judge); noisy: a panel of annotators flipping the task judge's label"})
@@ -270,6 +272,10 @@ def collect(cfg: CollectConfig) -> dict:
     """Sample ``k`` responses per prompt from ``cfg.policy`` on training and held-out prompts, judge
     every pair, and write the preference files and summary.json to ``cfg.out``; returns the summary."""
     _check_config(cfg)
+    config = to_dict(cfg)
+    check_input_kinds("collect", config)
+    plan = plan_output(cfg.out, config, "collect", overwrite=cfg.overwrite, out_option="--out",
+                       resume_option="--resume", overwrite_option="--overwrite")
     if cfg.threads > 0:
         set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -282,7 +288,7 @@ def collect(cfg: CollectConfig) -> dict:
     model.eval()
     max_new = cfg.max_new_tokens or task.max_response_tokens
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    plan.prepare()  # the policy has loaded: only now is an earlier output replaced
     save_config(cfg, out / "config.json")
 
     t0 = time.perf_counter()

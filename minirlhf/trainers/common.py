@@ -16,7 +16,12 @@ A trainer reads like this:
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import signal
 import sys
+import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,9 +30,10 @@ import torch
 import torch.nn as nn
 
 from minirlhf.checkpoint import CheckpointManager, load_state, load_tensors, save_state, save_tensors
-from minirlhf.config import save_config
+from minirlhf.config import to_dict, save_config
 from minirlhf.device import autocast, resolve_device, rng_state, seed_everything, set_rng_state, set_threads
 from minirlhf.distributed import barrier, init_distributed
+from minirlhf.folders import RunFolderError, check_input_kinds, plan_output
 from minirlhf.logger import MetricsLogger
 
 
@@ -45,7 +51,9 @@ class RunConfig:
     log_every: int = field(default=10, metadata={"help": "console line every N steps"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: at the end only)"})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in out"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in out from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the run in out, whole (only once the new "
+                                                           "run's inputs have loaded)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on the console"})
 
 
@@ -114,6 +122,28 @@ class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN or Inf; the run stops and its last checkpoint stays intact."""
 
 
+# Set by the command line: Ctrl-C and SIGTERM then stop a run at the end of its current step, with
+# a checkpoint there. (Left off for runs inside another program, whose signals are its own.)
+HANDLE_SIGNALS = False
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; ``checkpoint`` is where it can resume from (or None)."""
+
+    def __init__(self, signum: int, step: int | None, checkpoint, run: "TrainingRun"):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name
+        if checkpoint is not None and step is not None:
+            how = (f"saved a checkpoint at step {step} in {checkpoint}; continue with the same command "
+                   f"and --run.resume true")
+        elif checkpoint is not None:
+            how = f"the last checkpoint is {checkpoint}; continue with the same command and --run.resume true"
+        else:
+            how = "no checkpoint was written"
+        super().__init__(f"[{run.name}] stopped by {name}: {how}")
+
+
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """Total L2 norm of the gradients, clipped to ``max_norm`` (0: measured, not clipped)."""
     params = [p for p in params if p.grad is not None]
@@ -140,6 +170,14 @@ class TrainingRun:
         self.cfg = run
         self.name = name
         self.out = Path(run.out)
+        self.config = config
+        self._config_dict = to_dict(config)
+        # Everything is checked before anything is written: the folder is only created, or an old
+        # run in it replaced (--run.overwrite), when the trainer has loaded its inputs (restore(),
+        # or the first log or checkpoint).
+        check_input_kinds(name, self._config_dict)
+        self.plan = plan_output(self.out, self._config_dict, name, resume=run.resume, overwrite=run.overwrite)
+        self.run_id = self.plan.run_id
         if run.threads > 0:
             set_threads(run.threads)
         device = resolve_device(run.device)
@@ -147,23 +185,78 @@ class TrainingRun:
         if device.type == "cuda" and self.dist.enabled:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
-        self.is_main = is_main = self.dist.is_main
+        self.is_main = self.dist.is_main
         seed_everything(run.seed)  # the same on every rank: identical initial weights and data order
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=run.keep_last)
         self._tracked: dict[str, object] = {}
         self._generators: dict[str, torch.Generator] = {}
         self.start_step = 0
-        latest = self.ckpt.latest() if run.resume else None
-        if run.resume and latest is None:
+        self._resume_from = self._own_checkpoint() if self.plan.mode == "resume" else None
+        if self._resume_from is not None:
+            self.start_step = self.ckpt.step_of(self._resume_from)
+        elif run.resume and self.plan.mode == "resume":
             print(f"[{name}] --run.resume: no checkpoint in {self.out}, starting from step 0", file=sys.stderr)
-        if latest is not None:
-            self.start_step = self.ckpt.step_of(latest)
-        if is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.out / "config.json")
-        self.logger = MetricsLogger(self.out, total_steps=total_steps if run.progress else None, desc=name,
-                                    every=run.log_every, enabled=is_main,
-                                    resume_step=self.start_step if latest is not None else None)
+        self._total_steps = total_steps
+        # Stands in for the metrics log until the run begins (trainers may set total_steps on it).
+        self.logger = MetricsLogger(self.out, total_steps=None, desc=name, enabled=False)
+        self.logger.total_steps = total_steps if run.progress else None
+        self._begun = False
+        self._stop_signal: int | None = None
+        self._old_handlers: dict = {}
+
+    def _own_checkpoint(self) -> Path | None:
+        """The latest checkpoint this run wrote; a checkpoint of another run in the folder is refused."""
+        latest = self.ckpt.latest()
+        if latest is None:
+            return None
+        state = load_state(latest / "state.pt")
+        theirs = state.get("run_id", "") if isinstance(state, dict) else ""
+        if (theirs or self.run_id) and theirs != self.run_id:
+            raise RunFolderError(f"{latest} was written by another run than the one recorded in "
+                                 f"{self.out / 'run.json'}; refusing to mix them: start a new run in another --run.out")
+        return latest
+
+    def _begin(self) -> None:
+        """Create the run folder, write config.json and open metrics.jsonl (once)."""
+        if self._begun:
+            return
+        self._begun = True
+        if self.is_main:
+            self.plan.prepare()
+            save_config(self.config, self.out / "config.json")
+        total = self.logger.total_steps if self.cfg.progress else None
+        self.logger = MetricsLogger(self.out, total_steps=total, desc=self.name, every=self.cfg.log_every,
+                                    enabled=self.is_main,
+                                    resume_step=self.start_step if self._resume_from is not None else None)
+        if HANDLE_SIGNALS:
+            self._install_signal_handlers()
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # a second signal: stop now
+                raise RunInterrupted(signum, None, self.ckpt.latest(), self)
+            self._stop_signal = signum
+            print(f"\n[{self.name}] {signal.Signals(signum).name}: stopping after this step (again to stop now)",
+                  file=sys.stderr, flush=True)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # pragma: no cover
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, OSError, TypeError):  # pragma: no cover
+                pass
+        self._old_handlers = {}
 
     # -- device helpers --------------------------------------------------------------------
 
@@ -180,8 +273,19 @@ class TrainingRun:
         self._generators[name] = generator
 
     def save(self, step: int, extra: dict | None = None) -> None:
+        self._begin()
         if not self.is_main:
             return
+        for name, obj in self._tracked.items():
+            if isinstance(obj, nn.Module):
+                bad = [k for k, v in obj.state_dict().items()
+                       if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+                if bad:
+                    last = self.ckpt.latest()
+                    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+                    raise NonFiniteError(f"[{self.name}] step {step}: {len(bad)} tensor(s) of {name} are not finite "
+                                         f"(e.g. {bad[0]}); not saved; {where}. Lower --optim.lr or raise "
+                                         f"--optim.warmup-steps")
 
         def write(folder: Path):
             states = {}
@@ -191,21 +295,25 @@ class TrainingRun:
                 else:
                     states[name] = obj.state_dict()
             save_state(folder / "state.pt", {"step": step, "objects": states, "extra": extra or {},
-                                             "rng": rng_state(self._generators)})
+                                             "rng": rng_state(self._generators), "run_id": self.run_id})
 
         self.ckpt.save(step, write)
 
     def maybe_save(self, step: int, total_steps: int, extra: dict | None = None) -> None:
         every = self.cfg.save_every
-        if (every > 0 and step % every == 0) or step == total_steps:
+        if (every > 0 and step % every == 0) or step == total_steps or self._stop_signal is not None:
             self.save(step, extra)
+        if self._stop_signal is not None:
+            self.close()
+            raise RunInterrupted(self._stop_signal, step, self.ckpt.latest(), self)
 
     def restore(self) -> tuple[int, dict]:
         """Load the latest checkpoint into the tracked objects (with --run.resume).
         Returns (step, extra); (0, {}) when starting fresh."""
-        if self.start_step == 0:
+        self._begin()
+        if self._resume_from is None:
             return 0, {}
-        folder = self.ckpt.latest()
+        folder = self._resume_from
         state = load_state(folder / "state.pt")
         for name, obj in self._tracked.items():
             if isinstance(obj, nn.Module):
@@ -220,6 +328,7 @@ class TrainingRun:
     # -- logging and guards ----------------------------------------------------------------
 
     def log(self, step: int, metrics: dict) -> dict | None:
+        self._begin()
         return self.logger.log(step, metrics)
 
     def check_finite(self, step: int, **values) -> None:
@@ -233,6 +342,8 @@ class TrainingRun:
                                      f"({t.detach().flatten()[:4].tolist()}); stopping; {where}")
 
     def close(self) -> None:
+        self._begin()
+        self._restore_signal_handlers()
         self.logger.close()
         barrier(self.dist)
 

@@ -54,7 +54,7 @@ from typing import Literal
 
 import torch
 
-from minirlhf.data import collate_preferences, load_preferences, write_jsonl
+from minirlhf.data import collate_preferences, load_preferences, usable_rows, write_jsonl
 from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects, all_reduce_gradients, global_sums
 from minirlhf.evaluation import evaluate_task, generate_responses
 from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
@@ -102,6 +102,9 @@ class DPOConfig:
     batch_size: int = field(default=32, metadata={"help": "pairs per optimizer step"})
     max_len: int = field(default=0, metadata={"help": "longest sequence (0: the model's block_size)"})
     truncation: Literal["error", "left"] = "error"
+    on_bad_row: Literal["skip", "raise"] = field(default="skip", metadata={
+        "help": "bad rows of --data (invalid JSON, identical pair, unencodable, too long): skipped and listed "
+                "with their file:line, or the first one raises"})
     # online (iterative) DPO
     rounds: int = field(default=0, metadata={"help": "online DPO rounds (0: offline DPO on --data)"})
     steps_per_round: int = field(default=20, metadata={"help": "optimizer steps on each round's pairs"})
@@ -472,7 +475,8 @@ def dpo(cfg: DPOConfig) -> dict:
 
     pool = None
     if not online:
-        rows = load_preferences(cfg.data)
+        rows, _ = usable_rows(cfg.data, "preference", tokenizer, template, cfg.max_len or model.config.block_size,
+                              cfg.truncation, cfg.on_bad_row, "dpo")
         if cfg.max_pairs:
             rows = rows[: cfg.max_pairs]
         check_labels(rows, cfg.dpo, cfg.data)

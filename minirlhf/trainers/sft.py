@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minirlhf.data import collate_sft, encode_sft, load_sft
+from minirlhf.data import collate_sft, encode_sft, usable_rows
 from minirlhf.distributed import global_sum, shard
 from minirlhf.evaluation import evaluate_task, generate_responses, sample_table
 from minirlhf.lora import apply_lora, trainable_summary
@@ -40,6 +40,9 @@ class SFTConfig:
     batch_size: int = 64
     max_len: int = field(default=0, metadata={"help": "longest sequence (0: the model's block_size)"})
     truncation: Literal["error", "left"] = "error"
+    on_bad_row: Literal["skip", "raise"] = field(default="skip", metadata={
+        "help": "bad rows of --data (invalid JSON, empty text, unencodable, too long): skipped and listed "
+                "with their file:line, or the first one raises"})
     eval_every: int = 200
     eval_prompts: int = field(default=300, metadata={"help": "held-out prompts evaluated"})
     samples: int = field(default=4, metadata={"help": "greedy samples printed once, at the final evaluation"})
@@ -116,8 +119,11 @@ def sft(cfg: SFTConfig) -> dict:
     template = template or task.template()
     run = TrainingRun(cfg.run, cfg, name="sft", total_steps=None)
     model.to(run.device)
-    rows = load_sft(cfg.data) if cfg.data else task.sft_rows("train")
     max_len = cfg.max_len or model.config.block_size
+    if cfg.data:
+        rows, _ = usable_rows(cfg.data, "sft", tokenizer, template, max_len, cfg.truncation, cfg.on_bad_row, "sft")
+    else:
+        rows = task.sft_rows("train")
     encoded = encode_sft(tokenizer, template, rows, max_len, cfg.truncation)
     eval_rows = task.sft_rows("test")[: max(cfg.eval_prompts, 1)]
     eval_encoded = encode_sft(tokenizer, template, eval_rows, max_len, cfg.truncation)
