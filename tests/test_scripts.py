@@ -28,3 +28,12 @@ def run(script, *args):
 ])
 def test_benchmark_runs(script, args, expect):
     assert expect in run(script, *args)
+
+
+def test_bench_pipeline_runs_a_short_quick_pipeline(tmp_path):
+    out = run("bench_pipeline.py", "--quick", "--out", str(tmp_path / "p"), "--threads", "1", "--eval-prompts", "16",
+              "--matmul-n", "128", "--algorithms", "dpo",
+              "--set", "sft.steps=4", "rm.steps=4", "dpo.steps=2", "collect.n_prompts=16")
+    for stage in ("pretrain", "sft", "collect", "rm", "dpo", "compare", "total"):
+        assert f"| {stage:8s} |" in out
+    assert "of matmul" in out
