@@ -21,6 +21,8 @@ def run(script, *args):
      "% of matmul"),
     ("bench_generate.py", ["--threads", "1", "--repeats", "1", "--configs", "TINY", "--batches", "1", "2",
                            "--new", "4", "--matmul-n", "128"], "minirlhf"),
+    ("bench_trl.py", ["--threads", "1", "--repeats", "1", "--steps", "3", "--warmup", "1", "--matmul-n", "128"],
+     "pairs/s"),
     ("bench_dpo.py", ["--threads", "1", "--repeats", "1", "--steps", "2", "--warmup", "1", "--modes", "lora"],
      "pairs/s"),
     ("bench_trpo.py", ["--threads", "1", "--repeats", "1", "--batch", "8", "--cg-iters", "2"], "TRPO update"),
