@@ -221,3 +221,51 @@ def test_inverse_cdf_sampling_matches_the_distribution_and_never_draws_zero_prob
     assert counts[[0, 2, 5]].sum() == 0
     # binomial standard error at n = 40000 is at most 0.0025; allow 4 of them
     assert torch.allclose(counts, probs[0], atol=0.01)
+
+
+@pytest.mark.parametrize("variant", ["plain", "no_bias", "lora", "reference_attention"])
+def test_single_row_decode_with_transposed_weights_equals_the_uncached_forward(variant):
+    """A batch of one row takes the decode loop's transposed-weight path: greedy and seeded
+    sampling equal the uncached forward, with and without biases, LoRA and either attention."""
+    from minirlhf.lora import apply_lora
+
+    m = tiny(seed=9, bias=variant != "no_bias")
+    if variant == "lora":
+        apply_lora(m, r=2, alpha=4, targets=["q_proj", "v_proj", "c_fc"])
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if n.endswith("lora_B"):
+                    p.normal_()
+    elif variant == "reference_attention":
+        m.set_attention("reference")
+    x = torch.randint(3, 37, (1, 5))
+    assert torch.equal(m.generate(x, 25, temperature=0), m.generate(x, 25, temperature=0, use_cache=False))
+    a = m.generate(x, 25, generator=torch.Generator().manual_seed(3))
+    b = m.generate(x, 25, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_projection_is_the_linear_layer(transpose, bias):
+    from minirlhf.model import DecodeProj
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40, bias=bias)
+    x = torch.randn(3, 24)
+    proj = DecodeProj.of(lin, transpose)
+    assert (proj.weight_t is not None) == transpose
+    assert torch.allclose(proj(x), lin(x), atol=1e-6)
+    assert torch.allclose(proj(x[:1]), lin(x[:1]), atol=1e-6)
+    wrapped = torch.nn.Sequential(lin)
+    assert DecodeProj.of(wrapped, transpose) is wrapped  # anything but a plain Linear runs as it is
+
+
+def test_eos_padding_of_a_single_row():
+    m = tiny(seed=5)
+    x = torch.randint(3, 37, (1, 4))
+    out = m.generate(x, 30, temperature=1.5, eos_token_id=2, pad_token_id=0,
+                     generator=torch.Generator().manual_seed(1))
+    ref = m.generate(x, 30, temperature=1.5, eos_token_id=2, pad_token_id=0,
+                     generator=torch.Generator().manual_seed(1), use_cache=False)
+    assert torch.equal(out, ref) and out.shape == (1, 34)

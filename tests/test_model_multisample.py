@@ -103,9 +103,9 @@ def test_the_prompt_is_prefilled_once():
         calls.append(tuple(ids.shape))
         return prefill(ids, pos, allowed, cache)
 
-    def spy_decode(ids, pos, key_ok, cache, fused):
+    def spy_decode(ids, pos, key_ok, cache, weights):
         calls.append(tuple(ids.shape))
-        return decode(ids, pos, key_ok, cache, fused)
+        return decode(ids, pos, key_ok, cache, weights)
 
     m._step, m._decode_step = spy_prefill, spy_decode
     G, new = 4, 6

@@ -19,6 +19,10 @@ def run(script, *args):
 @pytest.mark.parametrize("script, args, expect", [
     ("bench_model.py", ["--threads", "1", "--repeats", "1", "--configs", "TINY", "--matmul-n", "128"],
      "% of matmul"),
+    ("bench_generate.py", ["--threads", "1", "--repeats", "1", "--configs", "TINY", "--batches", "1", "2",
+                           "--new", "4", "--matmul-n", "128"], "minirlhf"),
+    ("bench_trl.py", ["--threads", "1", "--repeats", "1", "--steps", "3", "--warmup", "1", "--matmul-n", "128"],
+     "pairs/s"),
     ("bench_dpo.py", ["--threads", "1", "--repeats", "1", "--steps", "2", "--warmup", "1", "--modes", "lora"],
      "pairs/s"),
     ("bench_trpo.py", ["--threads", "1", "--repeats", "1", "--batch", "8", "--cg-iters", "2"], "TRPO update"),
@@ -39,3 +43,12 @@ def test_make_gpt2_folder_writes_a_folder_that_minirlhf_import_reads(tmp_path):
     assert model.config.n_layer == 1 and tok.eos_token == "<eos>"
     task = get_task("jsonl", sft=str(tmp_path / "dolly.jsonl"), test_prompts=str(tmp_path / "t.jsonl"))
     assert len(task.sft_rows("train")) == 480 and len(task.prompts("test")) == 100
+
+
+def test_bench_pipeline_runs_a_short_quick_pipeline(tmp_path):
+    out = run("bench_pipeline.py", "--quick", "--out", str(tmp_path / "p"), "--threads", "1", "--eval-prompts", "16",
+              "--matmul-n", "128", "--algorithms", "dpo",
+              "--set", "sft.steps=4", "rm.steps=4", "dpo.steps=2", "collect.n_prompts=16")
+    for stage in ("pretrain", "sft", "collect", "rm", "dpo", "compare", "total"):
+        assert f"| {stage:8s} |" in out
+    assert "of matmul" in out
