@@ -202,10 +202,11 @@ def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_pr
     save_model(tmp_path / "rm", rm, tok, template, meta)
     module = ppo_module if trainer == "ppo" else trpo_module
     seen = {}
-    score, advantages = module.score_rollout, module.compute_advantages
+    score, advantages = module.score_rollout, ppo_module.compute_advantages
     monkeypatch.setattr(module, "score_rollout", lambda scorer, rollout, *a: (
         seen.setdefault("rollout", rollout), score(scorer, rollout, *a))[1])
-    monkeypatch.setattr(module, "compute_advantages", lambda cfg, rewards, values, *a: (
+    # both trainers reach GAE through ppo.rewards_and_advantages -> ppo.compute_advantages
+    monkeypatch.setattr(ppo_module, "compute_advantages", lambda cfg, rewards, values, *a: (
         seen.setdefault("values", values.clone()), advantages(cfg, rewards, values, *a))[1])
     kw = dict(reward=str(tmp_path / "rm"), critic_init="reward", iterations=1, reward_normalize=normalize,
               eval_prompts=2)
