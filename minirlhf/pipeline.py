@@ -116,7 +116,9 @@ RECIPES = {
 QUICK = {
     "pretrain": {"steps": 60},
     "sft": {"steps": 30, "eval_every": 30},
-    "collect": {"n_prompts": 64, "n_test_prompts": 32},
+    # a 60-step model may be wrong on every held-out question, so the gold judge ties every held-out
+    # pair; kept as half labels, the reward model always has held-out rows to evaluate on
+    "collect": {"n_prompts": 64, "n_test_prompts": 32, "tie_policy": "half"},
     "rm": {"steps": 20, "eval_every": 20},
     "ppo": {"iterations": 3, "batch_size": 16, "minibatch_size": 8, "eval_every": 3, "eval_prompts": 32},
     "trpo": {"iterations": 3, "batch_size": 16, "eval_every": 3, "eval_prompts": 32},
