@@ -191,18 +191,23 @@ def _check_object(obj) -> None:
         raise _bad(None, f"expected a JSON object, got {_json_type(obj)} {_show(obj, 40)}")
 
 
-def parse_sft_row(obj: dict) -> dict:
-    """Validate one SFT object (any of the three layouts) -> ``{"prompt", "response"}``."""
-    _check_object(obj)
+def _row_prompt(obj: dict, plain_layout: str) -> str:
+    """The prompt of a row in either layout: "prompt", or Dolly's "instruction" with its optional
+    "context" after a blank line. ``plain_layout`` names the other layout in the error."""
     if "instruction" in obj:
         if "prompt" in obj:
             raise _bad("prompt", 'both "prompt" and "instruction" are given; expected one layout, '
-                                 '{"prompt", "response"} or {"instruction", "context", "response"}')
+                                 f'{plain_layout} or {{"instruction", "context", "response"}}')
         instruction = _string(obj, "instruction")
         context = _string(obj, "context", required=False, allow_empty=True)
-        prompt = instruction + ("\n\n" + context if context else "")
-    else:
-        prompt = _string(obj, "prompt")
+        return instruction + ("\n\n" + context if context else "")
+    return _string(obj, "prompt")
+
+
+def parse_sft_row(obj: dict) -> dict:
+    """Validate one SFT object (any of the three layouts) -> ``{"prompt", "response"}``."""
+    _check_object(obj)
+    prompt = _row_prompt(obj, '{"prompt", "response"}')
     if "completion" in obj:
         if "response" in obj:
             raise _bad("completion", 'both "response" and "completion" are given; expected one of them')
@@ -259,15 +264,7 @@ def parse_prompt_row(obj: dict) -> dict:
     none). The prompt as in ``parse_sft_row``; the reference from "reference", "response" or
     "completion", at most one of them."""
     _check_object(obj)
-    if "instruction" in obj:
-        if "prompt" in obj:
-            raise _bad("prompt", 'both "prompt" and "instruction" are given; expected one layout, '
-                                 '{"prompt", "reference"} or {"instruction", "context", "response"}')
-        instruction = _string(obj, "instruction")
-        context = _string(obj, "context", required=False, allow_empty=True)
-        prompt = instruction + ("\n\n" + context if context else "")
-    else:
-        prompt = _string(obj, "prompt")
+    prompt = _row_prompt(obj, '{"prompt", "reference"}')
     given = [k for k in ("reference", "response", "completion") if k in obj]
     if len(given) > 1:
         raise _bad(given[1], f'both "{given[0]}" and "{given[1]}" are given; expected at most one reference')

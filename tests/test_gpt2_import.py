@@ -1,13 +1,13 @@
 """GPT-2 folder import: every tensor lands where it should, and the logits equal an independent
 functional GPT-2 forward written here on the Hugging Face layout (Conv1D, fused c_attn)."""
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minirlhf.model import GPT
+
+from hf_gpt2_folder import hf_state_dict, reference_logits
 
 CFG = {"vocab_size": 50, "n_positions": 16, "n_embd": 24, "n_layer": 2, "n_head": 3,
        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "model_type": "gpt2"}
@@ -15,22 +15,9 @@ CFG = {"vocab_size": 50, "n_positions": 16, "n_embd": 24, "n_layer": 2, "n_head"
 
 def gpt2_state_dict(seed=0):
     """Random tensors with GPT-2's real names and shapes (as GPT2LMHeadModel saves them)."""
-    g = torch.Generator().manual_seed(seed)
-    C, V, P = CFG["n_embd"], CFG["vocab_size"], CFG["n_positions"]
-    r = lambda *s: torch.randn(*s, generator=g) * 0.3  # noqa: E731
-    sd = {"transformer.wte.weight": r(V, C), "transformer.wpe.weight": r(P, C),
-          "transformer.ln_f.weight": 1 + r(C), "transformer.ln_f.bias": r(C)}
-    for i in range(CFG["n_layer"]):
-        p = f"transformer.h.{i}."
-        sd.update({
-            p + "ln_1.weight": 1 + r(C), p + "ln_1.bias": r(C),
-            p + "attn.c_attn.weight": r(C, 3 * C), p + "attn.c_attn.bias": r(3 * C),
-            p + "attn.c_proj.weight": r(C, C), p + "attn.c_proj.bias": r(C),
-            p + "ln_2.weight": 1 + r(C), p + "ln_2.bias": r(C),
-            p + "mlp.c_fc.weight": r(C, 4 * C), p + "mlp.c_fc.bias": r(4 * C),
-            p + "mlp.c_proj.weight": r(4 * C, C), p + "mlp.c_proj.bias": r(C),
-            p + "attn.bias": torch.ones(1, 1, P, P).tril(),  # old files carry the causal mask buffer
-        })
+    sd = hf_state_dict(CFG, seed=seed, scale=0.3)
+    for i in range(CFG["n_layer"]):  # old files carry the causal mask buffer
+        sd[f"transformer.h.{i}.attn.bias"] = torch.ones(1, 1, CFG["n_positions"], CFG["n_positions"]).tril()
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return sd
 
@@ -47,26 +34,7 @@ def write_folder(path, sd, fmt):
 
 def hf_layout_forward(sd, idx):
     """GPT-2 written directly on the Hugging Face tensors: Conv1D is x @ W + b."""
-    C, H = CFG["n_embd"], CFG["n_head"]
-    T = idx.size(1)
-    g = lambda k: sd["transformer." + k]  # noqa: E731
-    x = g("wte.weight")[idx] + g("wpe.weight")[torch.arange(T)]
-    for i in range(CFG["n_layer"]):
-        p = f"h.{i}."
-        h = F.layer_norm(x, (C,), g(p + "ln_1.weight"), g(p + "ln_1.bias"), 1e-5)
-        qkv = h @ g(p + "attn.c_attn.weight") + g(p + "attn.c_attn.bias")
-        q, k, v = qkv.split(C, dim=-1)
-        q, k, v = (t.view(1, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(C // H)
-        att = att.masked_fill(torch.ones(T, T).tril() == 0, float("-inf")).softmax(-1)
-        a = (att @ v).transpose(1, 2).reshape(1, T, C)
-        x = x + a @ g(p + "attn.c_proj.weight") + g(p + "attn.c_proj.bias")
-        h = F.layer_norm(x, (C,), g(p + "ln_2.weight"), g(p + "ln_2.bias"), 1e-5)
-        u = h @ g(p + "mlp.c_fc.weight") + g(p + "mlp.c_fc.bias")
-        u = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3)))  # gelu_new
-        x = x + u @ g(p + "mlp.c_proj.weight") + g(p + "mlp.c_proj.bias")
-    x = F.layer_norm(x, (C,), g("ln_f.weight"), g("ln_f.bias"), 1e-5)
-    return x @ g("wte.weight").t()
+    return reference_logits(sd, CFG, idx)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
