@@ -94,7 +94,9 @@ def ppo_worker(rank, world, port, sft_folder, rollout_path, out_path):
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in ac.state_dict().items()}, out_path)
     if world > 1:
+        dist.barrier()  # no rank leaves while another still talks to it (gloo aborts then)
         dist.destroy_process_group()
+        os._exit(0)  # skip interpreter teardown, where gloo's threads can abort the process
 
 
 def test_one_ppo_update_on_two_processes_equals_one_process(models, tmp_path):

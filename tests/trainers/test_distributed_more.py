@@ -162,7 +162,9 @@ def grpo_worker(rank, world, port, folder, rollout_path, out_path):
     if rank == 0:
         torch.save(out, out_path)
     if world > 1:
+        dist.barrier()  # no rank leaves while another still talks to it (gloo aborts then)
         dist.destroy_process_group()
+        os._exit(0)  # skip interpreter teardown, where gloo's threads can abort the process
 
 
 def test_one_grpo_update_on_two_processes_equals_one_process(init, tmp_path):
@@ -210,7 +212,9 @@ def trpo_worker(rank, world, port, folder, rollout_path, out_path):
                     **{"critic." + k: v.detach().clone() for k, v in critic.state_dict().items()},
                     **{"stats." + k: torch.tensor(float(v)) for k, v in stats.items()}}, out_path)
     if world > 1:
+        dist.barrier()  # no rank leaves while another still talks to it (gloo aborts then)
         dist.destroy_process_group()
+        os._exit(0)  # skip interpreter teardown, where gloo's threads can abort the process
 
 
 def test_one_trpo_update_on_two_processes_equals_one_process(init, tmp_path):
