@@ -197,6 +197,11 @@ def _main(argv: list[str]) -> int:
     common.HANDLE_SIGNALS = True
     try:
         getattr(mod, fn_name)(cfg)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under torchrun: leave together, and cleanly
+            dist.barrier()  # (a rank that exits while gloo still runs its threads aborts at teardown)
+            dist.destroy_process_group()
     finally:
         common.HANDLE_SIGNALS = False
         for sig, handler in handlers.items():  # a run that failed did not put its own back
