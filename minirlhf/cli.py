@@ -19,22 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-# command -> (module, config class, function, one-line help); imported only when run.
-COMMANDS = {
-    "pipeline": ("minirlhf.pipeline", "PipelineConfig", "pipeline", "the whole experiment: pretrain to PPO/TRPO/GRPO/RLOO/DPO, a table, a plot"),
-    "pretrain": ("minirlhf.trainers.pretrain", "PretrainConfig", "pretrain", "pretrain a GPT on the task corpus"),
-    "sft": ("minirlhf.trainers.sft", "SFTConfig", "sft", "supervised fine-tuning on demonstrations"),
-    "dpo": ("minirlhf.trainers.dpo", "DPOConfig", "dpo", "direct preference optimization (offline, or online rounds)"),
-    "collect": ("minirlhf.trainers.collect", "CollectConfig", "collect", "sample K responses per prompt and judge every pair"),
-    "rm": ("minirlhf.trainers.reward", "RewardConfig", "train_reward_model", "train a Bradley-Terry reward model"),
-    "ppo": ("minirlhf.trainers.ppo", "PPOConfig", "ppo", "PPO: rollouts, critic, GAE, KL-penalised reward, clipped update"),
-    "trpo": ("minirlhf.trainers.trpo", "TRPOConfig", "trpo", "TRPO: one natural-gradient trust-region step per rollout batch"),
-    "grpo": ("minirlhf.trainers.grpo", "GRPOConfig", "grpo", "GRPO: group-relative advantages, clipped objective, k3 KL term"),
-    "rloo": ("minirlhf.trainers.rloo", "RLOOConfig", "rloo", "RLOO: REINFORCE with the leave-one-out baseline"),
-    "verify": ("minirlhf.verify", "VerifyConfig", "verify_cli", "the closed-form report: every objective against its exact answer"),
-    "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
-    "import": ("minirlhf.importing", "ImportConfig", "import_cli", "a Hugging Face GPT-2 folder -> a model folder for --init"),
-}
+from minirlhf.stages import COMMANDS  # command -> (module, config class, function, help)
 # commands whose first argument may be given without its flag: `minirlhf import PATH --out DIR`
 POSITIONAL = {"import": "path"}
 
@@ -59,8 +44,7 @@ def generate(cfg: GenerateConfig) -> dict:
     from minirlhf.device import resolve_device
     from minirlhf.evaluation import generate_responses
     from minirlhf.saving import load_model
-    from minirlhf.tasks import get_task
-    from minirlhf.trainers.common import parse_task_args
+    from minirlhf.tasks import task_from_record
 
     from minirlhf.config import to_dict
     from minirlhf.folders import check_input_kinds
@@ -70,7 +54,7 @@ def generate(cfg: GenerateConfig) -> dict:
     model, tokenizer, template, meta = load_model(cfg.model, kind="gpt", device=device)
     task = None
     if meta.get("task"):
-        task = get_task(meta["task"]["name"], **parse_task_args(meta["task"].get("args", [])))
+        task = task_from_record(meta["task"])
     template = template or (task.template() if task else None)
     if tokenizer is None or template is None:
         raise ValueError(f"{cfg.model}: the folder has no tokenizer or template")

@@ -44,10 +44,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 
 import torch
+
+from minirlhf.checkpoint import atomic_write
 
 KINDS = ("sft", "preference", "ranking", "prompt")
 
@@ -375,26 +376,15 @@ def load_prompts(path, on_error: str = "raise") -> list[dict]:
 
 
 def write_jsonl(path, rows) -> None:
-    """Write ``rows`` (JSON-serialisable objects) one per line, UTF-8, atomically: a temp
-    file in the same folder, fsynced, then ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for i, row in enumerate(rows):
-                try:
-                    line = json.dumps(row, ensure_ascii=False, allow_nan=False).encode("utf-8")
-                except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
-                    raise ValueError(f"write_jsonl: row {i} cannot be written as JSON: {e}") from None
-                f.write(line + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``rows`` (JSON-serialisable objects) one per line, UTF-8, atomically
+    (``checkpoint.atomic_write``: a crash leaves the old file or the new one)."""
+    lines = []
+    for i, row in enumerate(rows):
+        try:
+            lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n")
+        except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+            raise ValueError(f"write_jsonl: row {i} cannot be written as JSON: {e}") from None
+    atomic_write(path, lambda f: f.writelines(lines))
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from minirlhf.objectives import whiten
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -130,19 +132,13 @@ def shard(items: list, d: DistInfo = SINGLE) -> list:
 
 
 def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: DistInfo = SINGLE, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) over the valid entries of every rank together (the global
-    batch), with the unbiased variance as ``objectives.whiten`` uses; 0 where mask is 0."""
-    from minirlhf.objectives import whiten
+    """``objectives.whiten`` over the valid entries of every rank together (the global batch)."""
+    return whiten(x, mask, eps=eps, reduce=global_reduction(d))
 
-    if not d.enabled:
-        return whiten(x, mask) * mask
-    m = mask.to(x.dtype)
-    stats = torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double()
-    all_reduce_sum(stats, d)
-    total, total_sq, n = stats.tolist()
-    mean = total / n
-    var = (total_sq - n * mean * mean) / max(n - 1, 1)
-    return (x - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=x.dtype)) * m
+
+def global_reduction(d: DistInfo = SINGLE):
+    """The sum over ranks that the pure functions take as ``reduce`` (None in one process)."""
+    return (lambda t: all_reduce_sum(t.clone(), d)) if d.enabled else None
 
 
 def barrier(d: DistInfo = SINGLE) -> None:

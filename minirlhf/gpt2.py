@@ -16,10 +16,9 @@ import os
 import torch
 
 
-def gpt2_config_to_ours(hf: dict):
-    """Map a GPT-2 ``config.json`` dict onto a ``GPTConfig``."""
-    from minirlhf.model import GPTConfig
-
+def gpt2_config_to_ours(hf: dict, config_cls):
+    """Map a GPT-2 ``config.json`` dict onto ``config_cls`` (``minirlhf.model.GPTConfig``; passed in,
+    so that this module, which model.py imports, does not import model.py back)."""
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"unsupported activation_function {act!r}: this GPT uses GELU (tanh), GPT-2's gelu_new")
@@ -34,7 +33,7 @@ def gpt2_config_to_ours(hf: dict):
     if hf.get("scale_attn_weights", True) is False:
         raise ValueError("unsupported GPT-2 option scale_attn_weights=false")
     try:
-        return GPTConfig(
+        return config_cls(
             vocab_size=int(hf["vocab_size"]),
             block_size=int(hf.get("n_positions", hf.get("n_ctx"))),
             n_layer=int(hf["n_layer"]),
@@ -122,12 +121,13 @@ def read_gpt2_tensors(path: str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{path}: expected model.safetensors or pytorch_model.bin")
 
 
-def load_gpt2_folder(cls, path: str):
+def load_gpt2_folder(cls, config_cls, path: str):
+    """A ``cls`` (GPT) built from ``config_cls`` (GPTConfig) with the weights of a GPT-2 folder."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face GPT-2 folder)")
     with open(cfg_path) as f:
-        config = gpt2_config_to_ours(json.load(f))
+        config = gpt2_config_to_ours(json.load(f), config_cls)
     state = convert_gpt2_state_dict(read_gpt2_tensors(path), config)
     model = cls(config)
     with torch.no_grad():

@@ -29,7 +29,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
-STRENGTHS = {"slight": 1.0, "strong": 2.0, "very strong": 3.0}
+from minirlhf.data import STRENGTHS  # the one table of preference strengths
+
 # |score(A) - score(B)| below the first threshold is a slight preference, below the second
 # a strong one, and from the second on a very strong one (scores lie in [0, 1]).
 STRENGTH_THRESHOLDS = (0.15, 0.35)

@@ -555,4 +555,4 @@ class GPT(nn.Module):
         pytorch_model.bin) into this class; the logits equal those of the original model."""
         from minirlhf.gpt2 import load_gpt2_folder
 
-        return load_gpt2_folder(cls, path)
+        return load_gpt2_folder(cls, GPTConfig, path)

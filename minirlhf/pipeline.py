@@ -158,15 +158,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 def stage_configs(cfg: PipelineConfig) -> dict:
     """Every stage's config dataclass, resolved: defaults <- recipe <- --quick <- --set, with the run
     folders and model paths wired from one stage to the next."""
-    from minirlhf.trainers.collect import CollectConfig
-    from minirlhf.trainers.dpo import DPOConfig
-    from minirlhf.trainers.grpo import GRPOConfig
-    from minirlhf.trainers.ppo import PPOConfig
-    from minirlhf.trainers.pretrain import PretrainConfig
-    from minirlhf.trainers.reward import RewardConfig
-    from minirlhf.trainers.rloo import RLOOConfig
-    from minirlhf.trainers.sft import SFTConfig
-    from minirlhf.trainers.trpo import TRPOConfig
+    from minirlhf.stages import STAGES, config_class
 
     if cfg.task not in RECIPES:
         raise ValueError(f"--task: expected one of {sorted(RECIPES)}, got {cfg.task!r}")
@@ -189,8 +181,7 @@ def stage_configs(cfg: PipelineConfig) -> dict:
     }
     for alg in ("ppo", "trpo", "grpo", "rloo"):
         wiring[alg] = {"policy": sft_model, "run": {**run, "out": str(out / alg)}}
-    classes = {"pretrain": PretrainConfig, "sft": SFTConfig, "collect": CollectConfig, "rm": RewardConfig,
-               "ppo": PPOConfig, "trpo": TRPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig}
+    classes = {stage: config_class(stage) for stage in STAGES}
     overrides = parse_overrides(cfg.set)
     configs = {}
     for stage, cls in classes.items():
@@ -210,14 +201,11 @@ def stage_configs(cfg: PipelineConfig) -> dict:
 
 
 def run_stage(stage: str, config) -> tuple[dict, float]:
-    from minirlhf.trainers import collect, dpo, grpo, ppo, pretrain, reward, rloo, sft, trpo
+    from minirlhf.stages import function
 
-    fns = {"pretrain": pretrain.pretrain, "sft": sft.sft, "collect": collect.collect,
-           "rm": reward.train_reward_model, "ppo": ppo.ppo, "trpo": trpo.trpo, "grpo": grpo.grpo,
-           "rloo": rloo.rloo, "dpo": dpo.dpo}
     print(f"\n=== {stage} ===", flush=True)
     t0 = time.perf_counter()
-    result = fns[stage](config)
+    result = function(stage)(config)
     return result, time.perf_counter() - t0
 
 
@@ -252,12 +240,11 @@ def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval
     from minirlhf.evaluation import evaluate_task
     from minirlhf.rollout import RewardModelScorer, sample
     from minirlhf.saving import load_model
-    from minirlhf.tasks import get_task
-    from minirlhf.trainers.common import parse_task_args
+    from minirlhf.tasks import task_from_record
 
     reference, tokenizer, template, meta = load_model(sft_folder, kind="gpt", device=device)
     reference.eval()
-    task = get_task(meta["task"]["name"], **parse_task_args(meta["task"].get("args", [])))
+    task = task_from_record(meta["task"])
     prompts = task.prompts("test")[:eval_prompts]
     rm = load_model(rm_folder, kind="reward", device=device)[0].eval() if rm_folder else None
     rows = {}

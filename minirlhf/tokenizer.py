@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
+
+from minirlhf.checkpoint import atomic_write_text
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 
@@ -44,22 +45,8 @@ _PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
 
 
 def _atomic_write_text(path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temp file in the same folder,
-    flushed and fsynced, then ``os.replace``. A crash leaves the old file or the new one,
-    never half of one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` atomically (``checkpoint.atomic_write_text``)."""
+    atomic_write_text(path, text)
 
 
 def _as_id_list(ids) -> list[int]:

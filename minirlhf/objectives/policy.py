@@ -20,6 +20,8 @@ Papers, in the order the functions appear:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .stats import (
@@ -548,15 +550,27 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return (g - others_mean).reshape(-1)
 
 
-def batch_normalized_advantages(rewards: Tensor, eps: float = 1e-6, unbiased: bool = True) -> Tensor:
+def batch_normalized_advantages(rewards: Tensor, eps: float = 1e-6, unbiased: bool = True,
+                                reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """A_i = (R_i - mean_batch R) / (std_batch R + eps), the REINFORCE-with-baseline advantage of the
     critic-free toy PPO (one sequence-level advantage per sample; spread it over tokens with
     broadcast_to_tokens). std as torch.std (unbiased) unless unbiased=False. rewards (N,) -> (N,)
+
+    ``reduce`` sums a tensor over the other pieces of the batch (the processes of a distributed
+    run), so mean and std are those of the whole batch; None: this piece is the batch.
     """
     check_ndim("rewards", rewards, 1, "(N,)")
-    if rewards.shape[0] < 2:
-        raise ValueError(f"rewards: expected at least 2 samples to normalise over, got {rewards.shape[0]}")
-    return (rewards - rewards.mean()) / (rewards.std(unbiased=unbiased) + eps)
+    if reduce is None:
+        if rewards.shape[0] < 2:
+            raise ValueError(f"rewards: expected at least 2 samples to normalise over, got {rewards.shape[0]}")
+        return (rewards - rewards.mean()) / (rewards.std(unbiased=unbiased) + eps)
+    total, n = reduce(torch.stack([rewards.sum(), torch.tensor(float(rewards.shape[0]), dtype=rewards.dtype,
+                                                                device=rewards.device)])).unbind()
+    if bool(n < 2):
+        raise ValueError(f"rewards: expected at least 2 samples to normalise over, got {float(n):g}")
+    mean = total / n
+    var = reduce(((rewards - mean) ** 2).sum()) / (n - 1 if unbiased else n)
+    return (rewards - mean) / (var.sqrt() + eps)
 
 
 def broadcast_to_tokens(seq_values: Tensor, mask: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ This module imports only torch and math.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -100,7 +101,8 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True, dim: int | None =
     return ss / (n - 1) if unbiased else ss / n
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+           reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Standardise over the valid entries: (x - mean) / sqrt(var + eps).
 
     mean and var (unbiased, as torch.var) are taken over the entries where the mask is 1.
@@ -108,12 +110,21 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
     scale changes, as in the reward/advantage whitening of the "N implementation details of
     RLHF with PPO" write-ups (Huang et al. 2022, following Ziegler et al. 2019's code).
     Positions where the mask is 0 come out as 0.
+
+    ``reduce`` sums a tensor over the pieces of a batch held elsewhere (the processes of a
+    distributed run: ``distributed.all_reduce_sum``), so mean and var are those of the whole batch;
+    None is one piece. The reduction is injected, as ``trpo_step``'s is, so this stays pure.
     """
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
     m = as_mask(mask, x)
-    mean = masked_mean(x, m)
-    var = masked_var(x, m, unbiased=True)
+    reduce = reduce or (lambda t: t)
+    total, n = reduce(torch.stack([masked_sum(x, m), m.sum().to(x.dtype)])).unbind()
+    if bool(n < 2):
+        raise ValueError(f"whiten: needs at least 2 valid entries (mask has {float(n):g}); the unbiased "
+                         f"variance is undefined")
+    mean = total / n
+    var = reduce(masked_sum((x - mean) ** 2, m)) / (n - 1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

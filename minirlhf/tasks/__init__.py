@@ -32,8 +32,29 @@ def get_task(name: str, **config) -> Task:
     return TASKS[name](**config)
 
 
+def parse_task_args(args: list[str]) -> dict:
+    """["max_operand=49", "ops=('+',)"] -> {"max_operand": 49, "ops": ("+",)} (Python literals, else str)."""
+    import ast
+
+    out = {}
+    for item in args:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"task option {item!r}: expected key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def task_from_record(record: dict) -> Task:
+    """The task a model folder records in its metadata: ``{"name": ..., "args": ["key=value", ...]}``."""
+    return get_task(record["name"], **parse_task_args(record.get("args", [])))
+
+
 __all__ = [
-    "SPLITS", "TASKS", "Task", "get_task",
+    "SPLITS", "TASKS", "Task", "get_task", "parse_task_args", "task_from_record",
     "ArithmeticConfig", "ArithmeticTask", "needs_carry_or_borrow", "parse_answer",
     "InstructConfig", "InstructTask", "judge_components", "judge_score",
     "BanditConfig", "BanditTask",

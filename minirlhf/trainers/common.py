@@ -35,6 +35,7 @@ from minirlhf.device import autocast, resolve_device, rng_state, seed_everything
 from minirlhf.distributed import barrier, init_distributed
 from minirlhf.folders import RunFolderError, check_input_kinds, plan_output
 from minirlhf.logger import MetricsLogger
+from minirlhf.tasks import parse_task_args, task_from_record  # noqa: F401  (parse_task_args: re-exported)
 
 
 @dataclass
@@ -367,34 +368,16 @@ class TaskConfig:
                             metadata={"help": "task options as key=value, e.g. max_operand=49 mistake_rate=0.8"})
 
 
-def parse_task_args(args: list[str]) -> dict:
-    """["max_operand=49", "ops=('+',)"] -> {"max_operand": 49, "ops": ("+",)} (Python literals, else str)."""
-    import ast
-
-    out = {}
-    for item in args:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"task option {item!r}: expected key=value")
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
-    return out
-
-
 def resolve_task(cfg: TaskConfig, meta: dict | None = None, default: str = "arithmetic"):
     """The task to use and its record for model metadata. An empty name takes the task stored with
     the init model (so every stage of a pipeline sees the same split)."""
-    from minirlhf.tasks import get_task
-
     meta = meta or {}
     stored = meta.get("task") or {}
     name = cfg.name or stored.get("name") or default
     args = list(cfg.args) if (cfg.args or cfg.name) else list(stored.get("args", []))
     if stored and stored.get("name") == name and not cfg.args:
         args = list(stored.get("args", []))
-    task = get_task(name, **parse_task_args(args))
+    task = task_from_record({"name": name, "args": args})
     return task, {"name": name, "args": args}
 
 
