@@ -690,3 +690,16 @@ def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str =
         raise DataError(f"no usable {kind} rows ({len(bad)} bad, see above); {option} needs at least one",
                         file=file)
     return kept, len(bad)
+
+
+def step_batch(encoded, order: torch.Tensor, step: int, batch_size: int, seed: int) -> list:
+    """The rows of optimizer step ``step`` (1-based) of ``encoded`` (demonstrations, pairs, indices):
+    epoch e walks a permutation seeded by (seed, e), so the data position is a function of the step
+    and a resumed run sees the same batches. Returns (rows, order); pass order back on the next call."""
+    per_epoch = max(1, len(encoded) // batch_size)
+    epoch, k = divmod(step - 1, per_epoch)
+    if order is None or order[0] != epoch:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = (epoch, torch.randperm(len(encoded), generator=g))
+    idx = order[1][k * batch_size : (k + 1) * batch_size].tolist()
+    return [encoded[i] for i in idx], order

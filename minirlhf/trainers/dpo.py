@@ -54,7 +54,7 @@ from typing import Literal
 
 import torch
 
-from minirlhf.data import collate_preferences, load_preferences, usable_rows, write_jsonl
+from minirlhf.data import collate_preferences, load_preferences, step_batch, usable_rows, write_jsonl
 from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects, all_reduce_gradients, global_sums
 from minirlhf.evaluation import evaluate_task, generate_responses
 from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
@@ -65,7 +65,6 @@ from minirlhf.objectives import DPO_LOSS_TYPES, dpo_loss
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
-from minirlhf.trainers.sft import sft_batch
 
 
 @dataclass
@@ -193,9 +192,9 @@ class PairPool:
         return len(self.rows)
 
     def batch(self, step: int, batch_size: int, seed: int, order=None):
-        """The pairs of step ``step`` (1-based) of a seeded epoch walk (sft.sft_batch), a function of
+        """The pairs of step ``step`` (1-based) of a seeded epoch walk (data.step_batch), a function of
         (seed, step): returns (rows, ref_chosen (B,), ref_rejected (B,), order)."""
-        idx, order = sft_batch(range(len(self.rows)), order, step, batch_size, seed)
+        idx, order = step_batch(range(len(self.rows)), order, step, batch_size, seed)
         index = torch.tensor(idx, dtype=torch.long)
         return [self.rows[i] for i in idx], self.ref_chosen[index], self.ref_rejected[index], order
 

@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from minirlhf.data import DataError, collate_preferences, collate_sft, encode_sft, read_jsonl
+from minirlhf.data import DataError, collate_preferences, collate_sft, encode_sft, read_jsonl, step_batch
 from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sum, global_sums, shard
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives.preference import (bradley_terry_loss, bradley_terry_prob, davidson_tie_loss,
@@ -49,7 +49,6 @@ from minirlhf.saving import load_model, read_config, save_model
 from minirlhf.tokenizer import check_same_tokenizer, load_tokenizer
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
-from minirlhf.trainers.sft import sft_batch
 
 
 @dataclass
@@ -444,7 +443,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     for step in range(start + 1, steps + 1):
         lr = lr_at(step, steps, cfg.optim)
         set_lr(opt, lr)
-        rows_step, order = sft_batch(train_rows, order, step, cfg.batch_size * cfg.optim.grad_accum, cfg.run.seed)
+        rows_step, order = step_batch(train_rows, order, step, cfg.batch_size * cfg.optim.grad_accum, cfg.run.seed)
         local = shard(rows_step, d)  # this rank's whole pairs (or rankings)
         micro = [local[i::cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
         micro = [part for part in micro if part]

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minirlhf.data import collate_sft, encode_sft, usable_rows
+from minirlhf.data import collate_sft, encode_sft, step_batch, usable_rows
 from minirlhf.distributed import global_sum, shard
 from minirlhf.evaluation import evaluate_task, generate_responses, sample_table
 from minirlhf.lora import apply_lora, trainable_summary
@@ -46,18 +46,6 @@ class SFTConfig:
     eval_every: int = 200
     eval_prompts: int = field(default=300, metadata={"help": "held-out prompts evaluated"})
     samples: int = field(default=4, metadata={"help": "greedy samples printed once, at the final evaluation"})
-
-
-def sft_batch(encoded, order: torch.Tensor, step: int, batch_size: int, seed: int) -> list:
-    """The rows of optimizer step ``step`` (1-based): epoch e walks a permutation seeded by (seed, e),
-    so the data position is a function of the step and a resumed run sees the same batches."""
-    per_epoch = max(1, len(encoded) // batch_size)
-    epoch, k = divmod(step - 1, per_epoch)
-    if order is None or order[0] != epoch:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = (epoch, torch.randperm(len(encoded), generator=g))
-    idx = order[1][k * batch_size : (k + 1) * batch_size].tolist()
-    return [encoded[i] for i in idx], order
 
 
 @torch.no_grad()
@@ -147,7 +135,7 @@ def sft(cfg: SFTConfig) -> dict:
     for step in range(start + 1, steps + 1):
         lr = lr_at(step, steps, cfg.optim)
         set_lr(opt, lr)
-        rows_step, order = sft_batch(encoded, order, step, cfg.batch_size * cfg.optim.grad_accum, cfg.run.seed)
+        rows_step, order = step_batch(encoded, order, step, cfg.batch_size * cfg.optim.grad_accum, cfg.run.seed)
         loss = sft_step(forward, rows_step, tokenizer.pad_id, cfg.optim.grad_accum, run, step)
         grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
         run.check_finite(step, grad_norm=grad_norm)
