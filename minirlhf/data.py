@@ -653,8 +653,8 @@ def _row_lines(path, errors) -> list[int]:
 
 def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str = "error",
                 on_bad_row: str = "skip", name: str = "data", option: str = "--data") -> tuple[list[dict], int]:
-    """The rows of a JSONL file of ``kind`` ("sft" or "preference") that parse and encode within
-    ``max_len``, and how many were skipped. Each bad row is named ``file:line`` and listed (the
+    """The rows of a JSONL file of ``kind`` ("sft", "preference" or "ranking") that parse and encode
+    within ``max_len``, and how many were skipped. Each bad row is named ``file:line`` and listed (the
     first five) on stderr; with ``on_bad_row="raise"`` the first one raises. A missing file, or one
     with no usable row, is a DataError."""
     if on_bad_row not in ("skip", "raise"):
@@ -671,6 +671,8 @@ def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str =
                 warnings.simplefilter("ignore")
                 if kind == "sft":
                     encode_sft(tokenizer, template, [row], max_len, truncation)
+                elif kind == "ranking":
+                    encode_sft(tokenizer, template, row_sequences(row), max_len, truncation)
                 else:
                     collate_preferences(tokenizer, template, [row], max_len, truncation)
         except DataError as e:
@@ -690,6 +692,23 @@ def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str =
         raise DataError(f"no usable {kind} rows ({len(bad)} bad, see above); {option} needs at least one",
                         file=file)
     return kept, len(bad)
+
+
+def row_sequences(row: dict) -> list[dict]:
+    """The (prompt, response) sequences of a preference or ranking row, as SFT rows."""
+    responses = row["responses"] if "responses" in row else [row["chosen"], row["rejected"]]
+    return [{"prompt": row["prompt"], "response": r} for r in responses]
+
+
+def unique_rows(rows: list[dict]) -> list[dict]:
+    """The rows with exact repeats (every field equal) dropped, first occurrences in order."""
+    seen, out = set(), []
+    for row in rows:
+        key = json.dumps(row, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def step_batch(encoded, order: torch.Tensor, step: int, batch_size: int, seed: int) -> list:

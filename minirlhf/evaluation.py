@@ -3,36 +3,17 @@ from __future__ import annotations
 
 import torch
 
-from minirlhf.data import collate_prompts
+from minirlhf.rollout import sample_responses
 
 
-def response_ids(out: torch.Tensor, prompt_width: int, eos_id: int) -> list[list[int]]:
-    """The generated part of each row of ``generate``'s output, cut after the first EOS (kept)."""
-    rows = []
-    for row in out[:, prompt_width:].tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id) + 1]
-        rows.append(row)
-    return rows
-
-
-@torch.no_grad()
 def generate_responses(model, tokenizer, template, prompts: list[str], max_new_tokens: int,
                        temperature: float = 0.0, batch_size: int = 128,
                        generator: torch.Generator | None = None, top_k: int | None = None,
                        top_p: float | None = None) -> list[str]:
-    """One response string per prompt (special tokens removed), generated in left-padded batches."""
-    device = next(model.parameters()).device
-    texts = []
-    for i in range(0, len(prompts), batch_size):
-        batch = collate_prompts(tokenizer, template, prompts[i : i + batch_size])
-        ids = batch["input_ids"].to(device)
-        out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                             attention_mask=batch["attention_mask"].to(device), generator=generator)
-        for row in response_ids(out, ids.size(1), tokenizer.eos_id):
-            texts.append(tokenizer.decode(row))
-    return texts
+    """One response string per prompt (special tokens removed), generated in left-padded batches
+    through the one sampling path (``rollout.sample_responses``)."""
+    return sample_responses(model, tokenizer, template, prompts, max_new_tokens, temperature, generator,
+                            batch_size=batch_size, top_k=top_k, top_p=top_p)
 
 
 def evaluate_task(model, task, tokenizer, template, split: str = "test", temperatures=(0.0,),

@@ -1,4 +1,11 @@
-"""Rollouts: sample responses from the policy and record everything the update needs.
+"""Rollouts: the one sampling path of every trainer, and the record an update reads.
+
+    rollout = make_rollout(actor, reference, scorer, task, tokenizer, template, prompts, ...)
+        1. sample G responses per prompt, each prompt prefilled once           (sample)
+        2. pi_old log-probs under the sampling temperature, and V(s_t)          (actor: policies.ActorCritic)
+        3. pi_ref log-probs under the same temperature                         (reference: policies.Reference)
+        4. the score of each response, then the missing-EOS penalty           (scorer)
+    texts = sample_responses(model, tokenizer, template, prompts, ...)   # step 1 alone: evaluation, collection
 
 One batch row is one episode. The tensors are laid out as
 
@@ -18,12 +25,16 @@ must compare the same distributions, or every ratio is biased.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from minirlhf.data import collate_prompts, collate_sft
 from minirlhf.logprobs import token_logprobs
+from minirlhf.objectives import logprobs_from_logits
+from minirlhf.saving import load_model
+from minirlhf.tokenizer import check_same_tokenizer
 
 
 @dataclass
@@ -58,25 +69,29 @@ class Rollout:
 
 @torch.no_grad()
 def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-           generator: torch.Generator | None = None, num_samples: int = 1) -> Rollout:
+           generator: torch.Generator | None = None, num_samples: int = 1, top_k: int | None = None,
+           top_p: float | None = None) -> Rollout:
     """Generate ``num_samples`` responses per prompt with the KV cache and lay the batch out as a
     ``Rollout``: rows b*G .. b*G + G-1 answer prompt b, whose KV cache is prefilled once.
 
     After its first EOS a row holds pad tokens, masked out everywhere; the mask ends at the FIRST
     EOS (which it keeps, so the model learns to stop), so the pad token may be the EOS token itself,
-    as with GPT-2's tokenizer, whose only special token is <|endoftext|>.
+    as with GPT-2's tokenizer, whose only special token is <|endoftext|>. ``temperature=0`` is greedy
+    decoding (whose log-probs are undefined: ``make_rollout`` needs a temperature > 0).
     """
-    if temperature <= 0:
-        raise ValueError(f"rollout temperature must be > 0 (log-probs of greedy decoding are undefined), got {temperature}")
+    if not temperature >= 0:
+        raise ValueError(f"sampling temperature must be >= 0 (0: greedy), got {temperature}")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples (samples per prompt): expected an int >= 1, got {num_samples!r}")
     device = next(policy.parameters()).device
     batch = collate_prompts(tokenizer, template, prompts)
     ids = batch["input_ids"].to(device)
     prompt_mask = batch["attention_mask"].to(device)
     P = ids.size(1)
     was_training = policy.training
-    out = policy.generate(ids, max_new_tokens, temperature=temperature, eos_token_id=tokenizer.eos_id,
-                          pad_token_id=tokenizer.pad_id, attention_mask=prompt_mask, generator=generator,
-                          num_samples=num_samples)
+    out = policy.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, attention_mask=prompt_mask,
+                          generator=generator, num_samples=num_samples)
     policy.train(was_training)
     if num_samples > 1:
         ids, prompt_mask = ids.repeat_interleave(num_samples, 0), prompt_mask.repeat_interleave(num_samples, 0)
@@ -87,12 +102,71 @@ def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int,
     # 1 up to and including the first EOS (everything when there is none)
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     mask = (~after_eos).to(torch.float32)  # (B, R)
-    R = int(mask.sum(-1).max().item())
+    R = int(mask.sum(-1).max().item()) if mask.numel() else 0
     response, mask = response[:, :R], mask[:, :R]
     input_ids = torch.cat([ids, response], dim=1)
     attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
     texts = [tokenizer.decode(row[: int(n)]) for row, n in zip(response.tolist(), mask.sum(-1).tolist())]
     return Rollout(list(prompts), texts, input_ids, attention_mask, P, mask, ended)
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, template, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
+                     generator: torch.Generator | None = None, num_samples: int = 1, batch_size: int = 128,
+                     top_k: int | None = None, top_p: float | None = None) -> list[str]:
+    """Step 1 alone, for evaluation and preference collection: ``num_samples`` response texts per
+    prompt (consecutive), special tokens removed, generated ``batch_size`` rows at a time."""
+    per_call = max(1, batch_size // num_samples)  # prompts per generate call
+    texts = []
+    for i in range(0, len(prompts), per_call):
+        texts += sample(model, tokenizer, template, prompts[i : i + per_call], max_new_tokens, temperature,
+                        generator, num_samples, top_k, top_p).responses
+    return texts
+
+
+class _NoTimer:
+    def __call__(self, name):
+        return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def make_rollout(actor, reference, scorer, task, tokenizer, template, prompts: list[str], max_new_tokens: int,
+                 temperature: float, generator: torch.Generator | None, samples_per_prompt: int = 1,
+                 missing_eos_penalty: float | None = None, values: bool = False, keep_logits: bool = False,
+                 autocast=contextlib.nullcontext, timer=None) -> Rollout:
+    """The one rollout path of the RL trainers, steps 1-4 of the module docstring.
+
+    actor: ``policies.ActorCritic`` (its policy samples); reference: ``policies.Reference``; scorer:
+    a ``RewardModelScorer`` or ``VerifierScorer``. Sets logprobs, ref_logprobs, values (with
+    ``values`` and a critic), scores (after the missing-EOS penalty), ``extra["raw_scores"]`` (before
+    it) and, with ``keep_logits``, ``extra["old_logits"]``: pi_old's response logits / temperature,
+    (B,R,V), for a KL over whole next-token distributions (TRPO, PPO-penalty).
+    """
+    if not temperature > 0:
+        raise ValueError(f"rollout temperature must be > 0 (log-probs of greedy decoding are undefined), got {temperature}")
+    timer = timer or _NoTimer()
+    with timer("generation"):
+        rollout = sample(actor.policy, tokenizer, template, prompts, max_new_tokens, temperature, generator,
+                         samples_per_prompt)
+    with timer("scoring"), autocast():
+        with timer("logprobs"):
+            logits, v = actor(rollout, temperature, values=values)  # (B,R,V) already / T, (B,R) or None
+            rollout.logprobs = logprobs_from_logits(logits, rollout.input_ids[:, rollout.prompt_width :])
+            rollout.values = v
+            if keep_logits:
+                rollout.extra["old_logits"] = logits
+            rollout.ref_logprobs = reference.logprobs(rollout, temperature)
+        raw = scorer(rollout, task)
+    rollout.extra["raw_scores"] = raw
+    rollout.scores = apply_missing_eos_penalty(raw, rollout.ended, missing_eos_penalty)
+    return rollout
+
+
+def draw_prompts(prompts: list[str], n: int, generator: torch.Generator) -> list[str]:
+    """n training prompts drawn with replacement from a tracked generator (so a resumed run draws
+    the same ones)."""
+    idx = torch.randint(0, len(prompts), (n,), generator=generator).tolist()
+    return [prompts[i] for i in idx]
 
 
 def response_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
@@ -171,3 +245,18 @@ def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty
     if penalty is None:
         return scores
     return torch.where(ended, scores, torch.full_like(scores, penalty))
+
+
+def build_scorer(reward: str, tokenizer, device, template=None, normalize: bool = True, clip: float = 0.0):
+    """(scorer, reward model or None): the task's verifier for ``reward="verifier"``, else the reward
+    model in the folder ``reward``. Given the template, the reward model scores each response's text
+    encoded as its training pairs were (RewardModelScorer), not the sampled ids."""
+    if reward == "verifier":
+        return VerifierScorer(), None
+    rm, rm_tok, _, _ = load_model(reward, kind="reward", device=device)
+    if rm_tok is not None:
+        check_same_tokenizer(tokenizer, rm_tok, "policy", "reward model")
+    rm.eval().requires_grad_(False)
+    if template is None:
+        return RewardModelScorer(rm, normalize, clip), rm
+    return RewardModelScorer(rm, normalize, clip, tokenizer, template), rm

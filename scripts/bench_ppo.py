@@ -110,15 +110,16 @@ def time_shares(args) -> None:
 
 def memory_child(variant: str, policy: str, reward: str, out: str, iterations: int, threads: int) -> None:
     """Run in a fresh process: one variant's PPO run, then print its peak memory as JSON."""
-    import minirlhf.trainers.ppo as ppo_module
+    import minirlhf.trainers.rl_run as rl_run
     from minirlhf.lora import apply_lora
+    from minirlhf.policies import Reference
 
     if variant == "lora+copy":  # the same LoRA run, with a frozen copy of the base as the reference
         def with_copy(model, lora):
             reference = copy.deepcopy(model).eval().requires_grad_(False)
             apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.targets)
-            return model, reference
-        ppo_module.policy_and_reference = with_copy
+            return model, Reference(model, reference)
+        rl_run.policy_and_reference = with_copy
     cfg = ppo_config(policy, reward, Path(out), iterations, variant != "full", threads)
     ppo(cfg)
     if torch.cuda.is_available():

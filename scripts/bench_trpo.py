@@ -32,7 +32,7 @@ from minirlhf.objectives import (flat_grad, flat_params, kl_from_logits, logprob
                                  ppo_policy_loss, set_flat_params, trpo_step, trpo_surrogate, whiten)
 from minirlhf.rollout import Rollout
 from minirlhf.trainers.common import ModelSize, clip_grad_norm
-from minirlhf.trainers.ppo import ActorCritic
+from minirlhf.policies import ActorCritic
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:

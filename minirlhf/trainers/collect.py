@@ -38,7 +38,7 @@ from minirlhf.checkpoint import atomic_write_json
 from minirlhf.config import save_config, to_dict
 from minirlhf.data import STRENGTHS, parse_preference_row, parse_ranking_row, write_jsonl
 from minirlhf.device import resolve_device, seed_everything, set_threads
-from minirlhf.evaluation import generate_responses
+from minirlhf.collection import sample_groups
 from minirlhf.folders import check_input_kinds, plan_output
 from minirlhf.judges import GoldJudge, HeuristicJudge, NoisyJudge, Preference, agreement_counts, preference_rows
 from minirlhf.objectives.preference import fleiss_kappa
@@ -121,17 +121,6 @@ def choose_prompts(prompts: list[str], n: int, seed: int, split: str) -> list[st
     return [prompts[i] for i in picked]
 
 
-def sample_responses(model, tokenizer, template, prompts: list[str], k: int, max_new_tokens: int,
-                     temperature: float, generator: torch.Generator, batch_size: int = 512,
-                     top_k: int | None = None, top_p: float | None = None) -> list[list[str]]:
-    """K sampled responses per prompt: each prompt is repeated K times in the batch (one row per
-    sample), so the K samples of a prompt come from one batched, KV-cached generate call."""
-    repeated = [p for p in prompts for _ in range(k)]  # (len(prompts) * k,)
-    texts = generate_responses(model, tokenizer, template, repeated, max_new_tokens, temperature=temperature,
-                               batch_size=batch_size, generator=generator, top_k=top_k, top_p=top_p)
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
-
-
 def judge_prompt(prompt: str, responses: list[str], judge, tie_policy: str = "drop"):
     """Every pair (i < j) of one prompt's K responses, compared by ``judge``.
 
@@ -203,8 +192,8 @@ def panel_kappa(preferences: list[Preference]) -> float | None:
 def collect_split(model, tokenizer, template, task, prompts: list[str], judge, cfg: CollectConfig,
                   generator: torch.Generator, max_new_tokens: int):
     """Sample, judge and rank one split. Returns (rows, rankings, samples, summary)."""
-    responses = sample_responses(model, tokenizer, template, prompts, cfg.k, max_new_tokens, cfg.temperature,
-                                 generator, cfg.batch_size, cfg.top_k, cfg.top_p)
+    responses = sample_groups(model, tokenizer, template, prompts, cfg.k, max_new_tokens, cfg.temperature,
+                              generator, cfg.batch_size, cfg.top_k, cfg.top_p)
     rows, rankings, samples, preferences = [], [], [], []
     totals = {"pairs": 0, "empty": 0, "identical": 0, "ties": 0, "rows": 0}
     any_correct = any_wrong = distinct = 0

@@ -16,12 +16,9 @@ A trainer reads like this:
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import sys
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal

@@ -56,11 +56,12 @@ import torch
 
 from minirlhf.data import collate_preferences, load_preferences, step_batch, usable_rows, write_jsonl
 from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects, all_reduce_gradients, global_sums
-from minirlhf.evaluation import evaluate_task, generate_responses
-from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
+from minirlhf.collection import judge_groups, sample_groups, task_judge
+from minirlhf.evaluation import evaluate_task
 from minirlhf.logger import Timer
 from minirlhf.logprobs import sequence_logprobs
-from minirlhf.lora import apply_lora, has_lora, lora_disabled, trainable_summary
+from minirlhf.policies import dropout_off, reference_policy
+from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives import DPO_LOSS_TYPES, dpo_loss
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
@@ -124,18 +125,6 @@ class DPOConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def dropout_off(model):
-    """``model`` in eval mode (every dropout off, in the model and in the LoRA adapters), restored after.
-    Gradients flow as usual: only the randomness is gone."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
     ``collate_preferences`` batch (chosen rows first).
@@ -149,18 +138,6 @@ def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.
         logps = sequence_logprobs(model, ids, mask, lmask)  # (2B,)
     B = ids.size(0) // 2
     return logps[:B], logps[B:]
-
-
-@contextlib.contextmanager
-def reference_policy(model, ref_model=None):
-    """pi_ref: ``ref_model`` when one is kept, else ``model`` with its adapters off (LoRA), else
-    ``model`` itself (full fine-tuning, valid only before the first update). Its log-probs are taken
-    with dropout off, as the policy's are (``concatenated_logps``)."""
-    if ref_model is None and has_lora(model):
-        with lora_disabled(model):
-            yield model
-    else:
-        yield ref_model if ref_model is not None else model
 
 
 @torch.no_grad()
@@ -331,18 +308,6 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
 # ---------------------------------------------------------------------------------------------
 
 
-def task_judge(task, name: str = "auto"):
-    """The task's programmatic judge: "gold" compares task.score as a gold check, "heuristic" as a
-    graded score; "auto" takes gold where the task has reference answers."""
-    if name == "auto":
-        name = "gold" if task.reference(task.prompts("train")[0]) is not None else "heuristic"
-    if name == "gold":
-        return GoldJudge(task)
-    if name == "heuristic":
-        return HeuristicJudge(task)
-    raise ValueError(f"judge: expected 'auto', 'gold' or 'heuristic', got {name!r}")
-
-
 def round_seed(seed: int, round_index: int) -> int:
     return seed * 1_000_003 + round_index
 
@@ -362,23 +327,9 @@ def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_
     K = cfg.samples_per_prompt
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(round_seed(cfg.run.seed, round_index) + 100_000_007 * d.rank)
-    was_training = model.training
-    model.eval()
-    responses = generate_responses(model, tokenizer, template, [p for p in prompts for _ in range(K)],
-                                   task.max_response_tokens, temperature=cfg.sample_temperature, generator=gen)
-    model.train(was_training)
-    rows, counts = [], {"pairs": 0, "skipped": 0, "ties": 0, "rows": 0}
-    scores, empty = [], 0
-    for i, p in enumerate(prompts):
-        group = responses[i * K : (i + 1) * K]
-        scores += [judge.score(p, r) for r in group]
-        # An immediate EOS decodes to "", which a preference row cannot hold: such samples sit out the comparisons.
-        kept = [r for r in group if r != ""]
-        empty += K - len(kept)
-        new, c = preference_rows(p, kept, judge, cfg.tie_policy)
-        rows += new
-        for k in counts:
-            counts[k] += c[k]
+    groups = sample_groups(model, tokenizer, template, prompts, K, task.max_response_tokens, cfg.sample_temperature,
+                           gen, batch_size=128)
+    rows, counts, scores, empty = judge_groups(prompts, groups, judge, cfg.tie_policy)
     if d.enabled:  # every rank's pairs, in rank order, on every rank
         parts = all_gather_objects((rows, counts, scores, empty), d)
         rows = [row for part in parts for row in part[0]]

@@ -32,7 +32,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,7 +39,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from minirlhf.data import DataError, collate_preferences, collate_sft, encode_sft, read_jsonl, step_batch
+from minirlhf.data import (collate_preferences, collate_sft, encode_sft, row_sequences, step_batch, unique_rows,
+                           usable_rows)
 from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sum, global_sums, shard
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives.preference import (bradley_terry_loss, bradley_terry_prob, davidson_tie_loss,
@@ -107,95 +107,6 @@ def load_reward_model(folder, policy_tokenizer=None, device="cpu"):
             raise ValueError(f"{folder}: the reward model folder has no tokenizer.json to compare with the policy's")
         check_same_tokenizer(policy_tokenizer, tokenizer, "policy", f"reward model {folder}")
     return model, tokenizer, template, meta
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-
-def read_rows(path, kind: str, on_bad_row: str) -> tuple[list[dict], list[DataError]]:
-    """Valid rows of a preference or ranking file, and the errors of the bad lines skipped."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such {kind} file; run `minirlhf collect` first, or point --data, "
-                                f"--train-file, --test-file or --rankings-file at one")
-    return read_jsonl(path, kind, on_error="raise" if on_bad_row == "raise" else "skip")
-
-
-def _sequences(row: dict) -> list[dict]:
-    """The (prompt, response) sequences of a preference or ranking row, as SFT rows."""
-    responses = row["responses"] if "responses" in row else [row["chosen"], row["rejected"]]
-    return [{"prompt": row["prompt"], "response": r} for r in responses]
-
-
-def row_lines(path, errors: list[DataError]) -> list[int]:
-    """The 1-based line number of each row read_jsonl returned: its non-blank lines, in order, less
-    the lines of the bad rows it skipped (a UTF-8 byte-order mark on line 1 ignored, as it does)."""
-    bad = {e.line for e in errors}
-    lines = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            if raw.strip(b" \t\r\n") and lineno not in bad:
-                lines.append(lineno)
-    return lines
-
-
-def encodable_rows(tokenizer, template, rows: list[dict], max_len: int, truncation: str, on_bad_row: str,
-                   source=None, lines: list[int] | None = None) -> tuple[list[dict], list[DataError]]:
-    """The rows whose every sequence the tokenizer can encode within ``max_len`` (after
-    ``truncation``), and a DataError for each other row, naming ``source`` and the row's line in
-    it (or its index); with on_bad_row="raise" the first one raises."""
-    kept, errors = [], []
-    for i, row in enumerate(rows):
-        try:
-            with warnings.catch_warnings():  # truncation is reported once, when batches are built
-                warnings.simplefilter("ignore")
-                if "responses" in row:
-                    encode_sft(tokenizer, template, _sequences(row), max_len, truncation)
-                else:
-                    collate_preferences(tokenizer, template, [row], max_len, truncation)
-        except DataError as e:
-            if source is not None and lines is not None:
-                err = DataError(e.reason, file=str(source), line=lines[i], field=e.field)
-            else:
-                err = DataError(e.reason, row=i, field=e.field)
-            if on_bad_row == "raise":
-                raise err from None
-            errors.append(err)
-            continue
-        kept.append(row)
-    return kept, errors
-
-
-def _report_skipped(path, errors: list[DataError]) -> None:
-    if errors:
-        shown = "\n  ".join(str(e) for e in errors[:5])
-        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
-        print(f"[rm] {path}: skipped {len(errors)} bad row(s):\n  {shown}{more}", file=sys.stderr)
-
-
-def load_split(path, kind, tokenizer, template, cfg: RewardConfig, max_len: int) -> tuple[list[dict], int]:
-    """Rows of one file that parse and encode, and how many were skipped."""
-    rows, bad = read_rows(path, kind, cfg.on_bad_row)
-    rows, unencodable = encodable_rows(tokenizer, template, rows, max_len, cfg.truncation, cfg.on_bad_row,
-                                       source=path, lines=row_lines(path, bad))
-    _report_skipped(path, bad + unencodable)
-    if not rows:
-        raise ValueError(f"{path}: no usable {kind} rows ({len(bad) + len(unencodable)} skipped as bad)")
-    return rows, len(bad) + len(unencodable)
-
-
-def unique_rows(rows: list[dict]) -> list[dict]:
-    """The rows with exact repeats (every field equal) dropped, first occurrences in order."""
-    seen, out = set(), []
-    for row in rows:
-        key = json.dumps(row, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +241,7 @@ def reward_statistics(model, tokenizer, template, rows: list[dict], max_len: int
     (prompt, response) sequences of the training rows, each counted once; and their number."""
     was_training = model.training
     model.eval()
-    seqs = list(dict.fromkeys((s["prompt"], s["response"]) for row in rows for s in _sequences(row)))
+    seqs = list(dict.fromkeys((s["prompt"], s["response"]) for row in rows for s in row_sequences(row)))
     scores = sequence_scores(model, tokenizer, template, [{"prompt": p, "response": r} for p, r in seqs],
                              max_len, truncation, device, batch_size)  # (N,)
     if was_training:
@@ -400,7 +311,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     if cfg.loss == "plackett_luce":
         train_path = Path(cfg.rankings_file or data / "train_rankings.jsonl")
     kind = "ranking" if cfg.loss == "plackett_luce" else "preference"
-    train_rows, skipped_train = load_split(train_path, kind, tokenizer, template, cfg, max_len)
+    train_rows, skipped_train = usable_rows(train_path, kind, tokenizer, template, max_len, cfg.truncation,
+                                            cfg.on_bad_row, name="rm", option="--data")
     repeats = 0
     if cfg.unique:
         n = len(train_rows)
@@ -408,7 +320,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         repeats = n - len(train_rows)
     test_rows, skipped_test = [], 0
     if cfg.test_file or test_path.is_file():
-        test_rows, skipped_test = load_split(test_path, "preference", tokenizer, template, cfg, max_len)
+        test_rows, skipped_test = usable_rows(test_path, "preference", tokenizer, template, max_len, cfg.truncation,
+                                              cfg.on_bad_row, name="rm", option="--test-file")
         if cfg.eval_pairs:
             test_rows = test_rows[:cfg.eval_pairs]
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
@@ -453,7 +366,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
             weight = len(part) / n_global * d.world_size  # a mean over `part` -> its share of the global mean
             with run.autocast():
                 if cfg.loss == "plackett_luce":
-                    seqs = [s for row in part for s in _sequences(row)]
+                    seqs = [s for row in part for s in row_sequences(row)]
                     sizes = [len(row["responses"]) for row in part]
                     scores = sequence_scores(model, tokenizer, template, seqs, max_len, cfg.truncation, run.device,
                                              batch_size=len(seqs)).float()  # (sum of sizes,)

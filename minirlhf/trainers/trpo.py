@@ -2,10 +2,10 @@
 
 One iteration (Schulman et al., 2015, section 6 and Appendix C), with PPO's rollouts and rewards:
 
-    1. sample a response y ~ pi_old(.|x) for a batch of prompts                      (rollout.sample)
-    2. score it (reward model or the task's verifier); old and reference log-probs,
-       the critic's values; per-token rewards r_t = -beta k_t, plus the score at
-       the last token; advantages by GAE, whitened                                   (as in ppo.py)
+    1. sample a response y ~ pi_old(.|x) for a batch of prompts; score it (reward
+       model or the task's verifier); old and reference log-probs, the critic's values  (run.rollout)
+    2. per-token rewards r_t = -beta k_t, plus the score at the last token;
+       advantages by GAE, whitened                                 (rl_run.rewards_and_advantages)
     3. the policy takes ONE step on
 
            maximise  L(theta) = E_t[ pi_theta(y_t|s_t) / pi_old(y_t|s_t) A_t ]        (trpo_surrogate)
@@ -32,46 +32,32 @@ the critic's gradients are averaged as in PPO, and rank 0 evaluates and saves.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from minirlhf.config import ConfigError
-from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, all_reduce_sum, current, global_mean,
-                                  global_sum, loss_scale, shard)
-from minirlhf.lora import trainable_summary
-from minirlhf.logger import Timer
-from minirlhf.objectives import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
-                                 kl_from_logits, logprobs_from_logits, masked_mean,
-                                 trpo_step, trpo_surrogate, value_loss)
-from minirlhf.rollout import Rollout, response_values, sample
-from minirlhf.saving import load_model, save_model
-from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
-                                      lr_at, make_optimizer, resolve_task, set_lr)
-from minirlhf.trainers.ppo import (ActorCritic, KLConfig, build_critic, build_scorer, reference_logprobs,
-                                  rewards_and_advantages)
-from minirlhf.trainers.rl_common import (draw_prompts, evaluate, policy_and_reference, rollout_metrics,
-                                         score_rollout)
+from minirlhf.distributed import SINGLE, DistInfo, all_reduce_sum, current, global_mean, global_sum
+from minirlhf.objectives import (entropy_from_logits, explained_variance, kl_from_logits, logprobs_from_logits,
+                                 masked_mean, trpo_step, trpo_surrogate, value_loss)
+from minirlhf.policies import ActorCritic, build_critic
+from minirlhf.rollout import Rollout, response_values
+from minirlhf.trainers.common import OptimConfig, RunConfig, lr_at, make_optimizer, set_lr
+from minirlhf.trainers.rl_run import (KLConfig, RLConfig, RLRun, gradient_step, kl_controller, minibatches,
+                                      rewards_and_advantages)
 
 
 @dataclass
-class TRPOConfig:
-    task: TaskConfig = field(default_factory=TaskConfig)
+class TRPOConfig(RLConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/trpo", log_every=5))
-    policy: str = field(default="runs/sft/model", metadata={"help": "SFT model folder (policy start and reference)"})
-    reward: str = field(default="verifier", metadata={"help": "reward model folder, or 'verifier' for the task's check"})
-    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
+    iterations: int = 25
     max_kl: float = field(default=0.01, metadata={"help": "delta: bound on the mean per-token KL(pi_old || pi_new)"})
     cg_iters: int = field(default=10, metadata={"help": "conjugate-gradient iterations (Hessian-vector products)"})
     damping: float = field(default=0.1, metadata={"help": "H + damping I in CG"})
     backtrack_coeff: float = field(default=0.8, metadata={"help": "line search: step fractions 1, c, c^2, ..."})
     backtrack_iters: int = field(default=10, metadata={"help": "line search: candidate steps"})
-    iterations: int = 25
     batch_size: int = field(default=64, metadata={"help": "rollouts per iteration (one trust-region step)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (old log-probs use the same)"})
-    max_new_tokens: int = field(default=0, metadata={"help": "0: the task's suggestion"})
     advantage: Literal["gae", "batch_norm"] = field(
         default="gae", metadata={"help": "gae with a critic, or the critic-free batch-normalised sequence reward"})
     gamma: float = 1.0
@@ -85,11 +71,6 @@ class TRPOConfig:
     critic_minibatch_size: int = 16
     value_clip: float = field(default=0.2, metadata={"help": "clip of the value update (0: none)"})
     kl: KLConfig = field(default_factory=KLConfig)
-    reward_normalize: bool = field(default=True, metadata={"help": "(r - mean)/std with the reward model's statistics"})
-    reward_clip: float = field(default=0.0, metadata={"help": "clip scores to [-c, c] (0: no clip)"})
-    missing_eos_penalty: float | None = field(default=-1.0, metadata={"help": "score of a response with no EOS (none: off)"})
-    eval_every: int = 10
-    eval_prompts: int = 300
 
     def __post_init__(self):
         if not self.max_kl > 0:
@@ -103,7 +84,7 @@ class TRPOConfig:
 
 def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Rollout, old_logits: torch.Tensor,
                 advantages: torch.Tensor, d: DistInfo | None = None, autocast=contextlib.nullcontext) -> dict:
-    """One trust-region step of the policy on the rollout batch (objectives.trpo_step), in place.
+    """Step 3: one trust-region step of the policy on the rollout batch (objectives.trpo_step), in place.
 
     old_logits (B,R,V): pi_old's response logits / temperature, detached. Returns trpo_step's
     statistics with "kl" measured again on the parameters the step left (0 when rejected).
@@ -120,15 +101,15 @@ def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Roll
             return all_reduce_sum(t * share, d)
     response = rollout.input_ids[:, rollout.prompt_width :]  # (B,R)
 
-    def surrogate() -> torch.Tensor:
+    def surrogate() -> torch.Tensor:  # L(theta) = E_t[ pi_theta / pi_old * A_t ]
         with autocast():
-            logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
+            logits, _ = actor(rollout, cfg.temperature, values=False)  # (B,R,V)
         logp = logprobs_from_logits(logits, response)  # (B,R)
         return trpo_surrogate(logp, rollout.logprobs, advantages, rollout.mask)
 
-    def mean_kl() -> torch.Tensor:
+    def mean_kl() -> torch.Tensor:  # KL_bar(theta) = E_t[ KL(pi_old(.|s_t) || pi_theta(.|s_t)) ]
         with autocast():
-            logits, _ = actor(rollout, cfg.temperature)  # (B,R,V)
+            logits, _ = actor(rollout, cfg.temperature, values=False)  # (B,R,V)
         return masked_mean(kl_from_logits(old_logits, logits), rollout.mask)
 
     stats = trpo_step(params, surrogate, mean_kl, cfg.max_kl, cfg.cg_iters, cfg.damping, cfg.backtrack_coeff,
@@ -140,135 +121,73 @@ def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Roll
 
 
 def fit_critic(cfg: TRPOConfig, critic, optimizer, rollout: Rollout, returns: torch.Tensor,
-               generator: torch.Generator, run: TrainingRun, iteration: int, d: DistInfo = SINGLE) -> dict:
-    """``critic_epochs`` shuffled minibatch passes of Adam on value_loss toward the GAE returns.
+               generator: torch.Generator, run, iteration: int, d: DistInfo = SINGLE) -> dict:
+    """Step 4: ``critic_epochs`` shuffled minibatch passes of Adam on value_loss toward the GAE returns.
     Distributed, each rank takes critic_minibatch_size / world_size of its rollouts per step, its
     token-mean loss scaled by its share of the minibatch's tokens, and the gradients are averaged."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     losses = []
-    B = rollout.batch_size
     per_rank = max(1, cfg.critic_minibatch_size // d.world_size)
     for _ in range(cfg.critic_epochs):
-        order = torch.randperm(B, generator=generator)
-        for start in range(0, B, per_rank):
-            idx = order[start : start + per_rank]
+        for idx in minibatches(rollout.batch_size, per_rank, generator):
             mb = rollout.select(idx)
             with run.autocast():
                 values = response_values(critic, mb)  # (b,R)
             loss = value_loss(values, mb.values, returns[idx], mb.mask, cfg.value_clip or None)
-            run.check_finite(iteration, loss=loss)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * loss_scale(float(mb.mask.sum()), d)).backward()
-            all_reduce_gradients(params, d)
-            grad_norm = clip_grad_norm(params, cfg.critic_optim.grad_clip)
-            run.check_finite(iteration, grad_norm=grad_norm)
-            optimizer.step()
+            gradient_step(optimizer, loss, float(mb.mask.sum()), cfg.critic_optim.grad_clip, run, iteration, d)
             losses.append(float(loss.detach()))
     return {"loss/value": global_mean(sum(losses) / len(losses), d)} if losses else {}
 
 
 def trpo(cfg: TRPOConfig) -> dict:
     """Fine-tune ``cfg.policy`` with TRPO against ``cfg.reward``; writes ``<out>/model``."""
-    policy, tokenizer, template, meta = load_model(cfg.policy, kind="gpt")
-    task, task_record = resolve_task(cfg.task, meta)
-    template = template or task.template()
-    run = TrainingRun(cfg.run, cfg, name="trpo", total_steps=cfg.iterations)
-    device = run.device
-    policy.to(device)
+    run = RLRun(cfg, "trpo", multiples={"batch_size": cfg.batch_size,
+                                        "critic_minibatch_size": cfg.critic_minibatch_size})
+    d = run.dist
     # Hessian-vector products differentiate twice; PyTorch's fused CPU attention has no second
     # derivative, so the policy runs the written-out attention (tested equal to the fused one).
-    policy.set_attention("reference")
-    policy, ref_model = policy_and_reference(policy, cfg.lora)
-    scorer, rm = build_scorer(cfg, tokenizer, device, template)
-    actor = ActorCritic(policy, "none").to(device)  # response logits of the policy
-    params = [p for p in policy.parameters() if p.requires_grad]
+    run.policy.set_attention("reference")
+    params = [p for p in run.policy.parameters() if p.requires_grad]
     critic, critic_opt = None, None
     if cfg.advantage == "gae":
-        critic = build_critic(cfg, rm, device)  # on the scale of the (normalised) rewards
+        critic = build_critic(cfg.critic_init, cfg.policy, cfg.reward, run.rm, cfg.reward_normalize, run.device)
         critic.eval()  # dropout off
         critic_opt = make_optimizer(critic.parameters(), cfg.critic_optim)
-    kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
-              else FixedKLController(cfg.kl.coef))
-    d = run.dist
-    if cfg.batch_size % d.world_size or cfg.critic_minibatch_size % d.world_size:
-        raise ValueError(f"batch_size ({cfg.batch_size}) and critic_minibatch_size ({cfg.critic_minibatch_size}) "
-                         f"must be multiples of the number of processes ({d.world_size})")
-    gen = torch.Generator(device=device).manual_seed(run.rank_seed())  # each rank samples its own responses
-    shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global prompt draws on every rank
-    run.track("policy", policy)
+    actor = ActorCritic(run.policy, "none" if critic is None else "separate", critic).to(run.device)
+    kl_ctl = kl_controller(cfg.kl)
+    run.track("policy", run.policy)
     run.track("kl_controller", kl_ctl)
     if critic is not None:
         run.track("critic", critic)
         run.track("critic_optimizer", critic_opt)
-    run.track_generator("sampling", gen)
-    run.track_generator("shuffle", shuffle_gen)
-    start, _ = run.restore()
 
-    train_prompts = task.prompts("train")
-    max_new = cfg.max_new_tokens or task.max_response_tokens
-    print(f"[trpo] {task.name}: policy {trainable_summary(policy)}; delta {cfg.max_kl}; critic "
-          f"{'none' if critic is None else 'separate'}; reward {'verifier' if rm is None else cfg.reward}; "
-          f"{cfg.iterations} iterations x {cfg.batch_size} rollouts")
-    policy.eval()  # dropout off during rollouts and updates
-    timer = Timer()
-    t0 = time.perf_counter()
-    last_eval = {}
-    if start == 0 and run.is_main:
-        last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
-        run.log(0, dict(last_eval))
-    for it in range(start + 1, cfg.iterations + 1):
-        timer.reset()
-        prompts = shard(draw_prompts(train_prompts, cfg.batch_size, shuffle_gen), d)  # this rank's share
-        with timer("generation"):
-            rollout = sample(policy, tokenizer, template, prompts, max_new, cfg.temperature, gen)
-        with timer("scoring"), torch.no_grad():
-            with run.autocast():  # the policy's, critic's, reference's and reward model's passes
-                old_logits, _ = actor(rollout, cfg.temperature)  # (B,R,V), pi_old
-                response = rollout.input_ids[:, rollout.prompt_width :]
-                rollout.logprobs = logprobs_from_logits(old_logits, response)
-                rollout.values = response_values(critic, rollout) if critic is not None else None
-                rollout.ref_logprobs = reference_logprobs(policy, ref_model, rollout, cfg.temperature)
-                raw, _ = score_rollout(scorer, rollout, task, cfg.missing_eos_penalty)
-            beta = kl_ctl.value
+    describe = f"{cfg.batch_size} rollouts; delta {cfg.max_kl}; critic {'none' if critic is None else 'separate'}"
+    for it, prompts in run.iterations(cfg.batch_size, describe):
+        # 1. sample and score; old and reference log-probs, values, pi_old's logits
+        rollout = run.rollout(actor, prompts, values=True, keep_logits=True)
+        # 2. KL-penalised per-token rewards, GAE advantages and returns
+        beta = kl_ctl.value
+        with run.timer("scoring"):
             rewards, kl_ref, advantages, returns = rewards_and_advantages(cfg, rollout, beta, d)
-            entropy = masked_mean(entropy_from_logits(old_logits), rollout.mask)
-        with timer("update"):
-            stats = trpo_update(cfg, actor, params, rollout, old_logits, advantages, autocast=run.autocast)
+            entropy = masked_mean(entropy_from_logits(rollout.extra["old_logits"]), rollout.mask)
+        # 3. the trust-region step of the policy
+        with run.timer("update"):
+            stats = trpo_update(cfg, actor, params, rollout, rollout.extra["old_logits"], advantages, d=d,
+                                autocast=run.autocast)
         run.check_finite(it, kl=stats["kl"], improvement=stats["improvement"])
+        # 4. the critic regresses on the returns
         critic_stats = {}
         if critic is not None:
             set_lr(critic_opt, lr_at(it, cfg.iterations, cfg.critic_optim))
-            with timer("critic"):
-                critic_stats = fit_critic(cfg, critic, critic_opt, rollout, returns, shuffle_gen, run, it, d)
+            with run.timer("critic"):
+                critic_stats = fit_critic(cfg, critic, critic_opt, rollout, returns, run.shuffle, run, it, d)
+        # 5. beta toward the KL target
         seq_kl = kl_ref.sum(-1)  # (B,) per response, the quantity the reward penalised
         kl_ctl.update(global_mean(float(seq_kl.mean()), d), cfg.batch_size)
-        local = {
-            **rollout_metrics(rollout, raw, task),
-            "reward/total": float(rewards.sum(-1).mean()),
-            "reward/kl_penalty": float(-beta * seq_kl.mean()),
-            "kl": float(seq_kl.mean()),  # to the reference, as every trainer logs it
-            "entropy": float(entropy),
-        }
+        local = {"reward/total": float(rewards.sum(-1).mean()), "reward/kl_penalty": float(-beta * seq_kl.mean()),
+                 "kl": float(seq_kl.mean()),  # to the reference, as every trainer logs it
+                 "entropy": float(entropy)}
         if returns is not None:
             local["explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
-        metrics = {
-            **{k: global_mean(v, d) for k, v in local.items()},
-            "kl_coef": beta,
-            **{("kl_old_new" if k == "kl" else k): v for k, v in stats.items()},  # the trust-region KL (global)
-            **critic_stats,
-            **timer.as_metrics(),
-        }
-        if (it % cfg.eval_every == 0 or it == cfg.iterations) and run.is_main:
-            last_eval = evaluate(policy, task, tokenizer, template, cfg.eval_prompts, cfg.run.seed)
-            metrics.update(last_eval)
-        run.log(it, metrics)
-        run.maybe_save(it, cfg.iterations)
-    run.close()
-    elapsed = time.perf_counter() - t0
-    if not run.is_main:
-        return {}
-    save_model(run.model_dir(), policy, tokenizer, template, meta={"task": task_record, "stage": "trpo"})
-    final = {**last_eval, "time": elapsed, "model": str(run.model_dir())}
-    key = f"eval/{task.metric_name}"
-    print(f"[trpo] done in {elapsed:.0f}s: {key} {final.get(key, float('nan')):.3f}; model in {run.model_dir()}")
-    return final
+        trust_region = {("kl_old_new" if k == "kl" else k): v for k, v in stats.items()}  # the trust-region KL (global)
+        run.log(it, local, kl_coef=beta, **trust_region, **critic_stats)
+    return run.finish()

@@ -62,7 +62,9 @@ def ppo_worker(rank, world, port, sft_folder, rollout_path, out_path):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     from minirlhf.rollout import Rollout
     from minirlhf.saving import load_model
-    from minirlhf.trainers.ppo import ActorCritic, PPOConfig, compute_advantages, ppo_update
+    from minirlhf.policies import ActorCritic
+    from minirlhf.trainers.ppo import PPOConfig, ppo_update
+    from minirlhf.trainers.rl_run import compute_advantages
     from minirlhf.objectives import kl_penalized_rewards
 
     torch.manual_seed(0)

@@ -145,7 +145,7 @@ def grpo_worker(rank, world, port, folder, rollout_path, out_path):
     from minirlhf.objectives import broadcast_to_tokens, group_advantages
     from minirlhf.saving import load_model
     from minirlhf.trainers.grpo import GRPOConfig, grpo_update
-    from minirlhf.trainers.ppo import ActorCritic
+    from minirlhf.policies import ActorCritic
 
     d = join(rank, world, port)
     G = 4
@@ -190,7 +190,8 @@ def trpo_worker(rank, world, port, folder, rollout_path, out_path):
     """One TRPO step and one critic pass on this rank's half of a fixed rollout of 8."""
     from minirlhf.objectives import kl_penalized_rewards
     from minirlhf.saving import load_model
-    from minirlhf.trainers.ppo import ActorCritic, compute_advantages
+    from minirlhf.policies import ActorCritic
+    from minirlhf.trainers.rl_run import compute_advantages
     from minirlhf.trainers.trpo import TRPOConfig, fit_critic, trpo_update
 
     d = join(rank, world, port)

@@ -6,16 +6,16 @@ import torch
 
 from minirlhf.config import ConfigError, from_dict
 from minirlhf.logger import read_metrics
-from minirlhf.rollout import sample
 from minirlhf.saving import load_model
 from minirlhf.trainers.common import LoRAConfig
 from minirlhf.trainers.grpo import GRPOConfig, grpo
 from minirlhf.trainers.pretrain import pretrain
-from minirlhf.trainers.rl_common import sample_groups
+from minirlhf.rollout import sample
 from minirlhf.trainers.sft import sft
 import minirlhf.trainers.grpo as grpo_module
 
 from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from conftest import assert_same_weights
 
 PROMPTS = ["Q: 3+4=\nA:", "Q: 9-2=\nA:", "Q: 15+1=\nA:"]
 
@@ -39,7 +39,7 @@ def grpo_cfg(policy, out, **kw):
 def test_grouped_rollout_equals_the_repeated_prompt_rollout(sft_model):
     model, tok, template, _ = load_model(sft_model)
     G = 5
-    grouped = sample_groups(model, tok, template, PROMPTS, G, 4, temperature=1.0,
+    grouped = sample(model, tok, template, PROMPTS, 4, temperature=1.0, num_samples=G,
                             generator=torch.Generator().manual_seed(3))
     plain = sample(model, tok, template, [p for p in PROMPTS for _ in range(G)], 4, temperature=1.0,
                    generator=torch.Generator().manual_seed(3))
@@ -111,11 +111,11 @@ def test_updates_raise_the_objective_on_a_fixed_batch(sft_model, tmp_path):
     from minirlhf.objectives import broadcast_to_tokens
     from minirlhf.rollout import response_logprobs
     from minirlhf.trainers.common import TrainingRun, make_optimizer
-    from minirlhf.trainers.ppo import ActorCritic
+    from minirlhf.policies import ActorCritic
 
     model, tok, template, _ = load_model(sft_model)
     cfg = grpo_cfg(sft_model, tmp_path / "fixed", mu=8, minibatch_size=8, beta=0.04)
-    rollout = sample_groups(model, tok, template, PROMPTS + ["Q: 8+8=\nA:"], 4, 4, 1.0, torch.Generator().manual_seed(0))
+    rollout = sample(model, tok, template, PROMPTS + ["Q: 8+8=\nA:"], 4, 1.0, torch.Generator().manual_seed(0), num_samples=4)
     with torch.no_grad():
         rollout.logprobs = response_logprobs(model, rollout)
         rollout.ref_logprobs = rollout.logprobs.clone()
@@ -156,6 +156,7 @@ def test_grpo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     grpo(part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+    assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics
 
 
 @pytest.mark.parametrize("kw,key", [(dict(group_size=1), "group_size"), (dict(mu=0), "mu"),

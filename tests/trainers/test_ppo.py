@@ -13,6 +13,7 @@ from minirlhf.trainers.ppo import PPOConfig, ppo
 from minirlhf.trainers.sft import sft
 
 from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from conftest import assert_same_weights
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,7 @@ def test_ppo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     ppo(part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+    assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics
 
 
 @pytest.mark.parametrize("argv", [["--kl.where", "loss"], ["--kl.where", "loss", "--kl.estimator", "k1"]])
@@ -142,8 +144,8 @@ def test_penalty_beta_is_adapted_to_the_kl_after_the_update(sft_model, tmp_path)
     the full next-token distributions before and after."""
     from minirlhf.objectives import AdaptiveKLPenalty, logprobs_from_logits
     from minirlhf.trainers.common import LoRAConfig
-    from minirlhf.trainers.ppo import ActorCritic, ppo_update
-    from minirlhf.trainers.rl_common import policy_and_reference
+    from minirlhf.policies import ActorCritic, policy_and_reference
+    from minirlhf.trainers.ppo import ppo_update
 
     torch.manual_seed(0)
     policy, tok, template, _ = load_model(sft_model)
@@ -192,7 +194,7 @@ def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_pr
     """PPO and TRPO feed the critic (r - mean) / std when reward_normalize is on: the critic initialised
     from the reward model must then output (r_phi(x, y_<=t) - mean) / std at every position, and r_phi
     itself when it is off."""
-    import minirlhf.trainers.ppo as ppo_module
+    import minirlhf.trainers.rl_run as rl_run
     import minirlhf.trainers.trpo as trpo_module
     from minirlhf.saving import save_model
 
@@ -200,13 +202,11 @@ def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_pr
     rm.reward_mean.fill_(0.7)
     rm.reward_std.fill_(2.5)
     save_model(tmp_path / "rm", rm, tok, template, meta)
-    module = ppo_module if trainer == "ppo" else trpo_module
     seen = {}
-    score, advantages = module.score_rollout, ppo_module.compute_advantages
-    monkeypatch.setattr(module, "score_rollout", lambda scorer, rollout, *a: (
-        seen.setdefault("rollout", rollout), score(scorer, rollout, *a))[1])
-    # both trainers reach GAE through ppo.rewards_and_advantages -> ppo.compute_advantages
-    monkeypatch.setattr(ppo_module, "compute_advantages", lambda cfg, rewards, values, *a: (
+    make_rollout, advantages = rl_run.make_rollout, rl_run.compute_advantages
+    monkeypatch.setattr(rl_run, "make_rollout", lambda *a, **k: seen.setdefault("rollout", make_rollout(*a, **k)))
+    # both trainers reach GAE through rl_run.rewards_and_advantages -> rl_run.compute_advantages
+    monkeypatch.setattr(rl_run, "compute_advantages", lambda cfg, rewards, values, *a: (
         seen.setdefault("values", values.clone()), advantages(cfg, rewards, values, *a))[1])
     kw = dict(reward=str(tmp_path / "rm"), critic_init="reward", iterations=1, reward_normalize=normalize,
               eval_prompts=2)

@@ -26,7 +26,8 @@ import torch.nn as nn
 import minirlhf.trainers.trpo as trpo_mod
 from minirlhf.config import from_dict, to_dict
 from minirlhf.rollout import Rollout
-from minirlhf.trainers.ppo import PPOConfig, ppo_update, rewards_and_advantages
+from minirlhf.trainers.ppo import PPOConfig, ppo_update
+from minirlhf.trainers.rl_run import rewards_and_advantages
 from minirlhf.trainers.trpo import TRPOConfig, fit_critic, trpo_update
 
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -98,9 +99,9 @@ class TableActorCritic(nn.Module):
         self.logits = nn.Parameter(logits.clone())
         self.values = nn.Parameter(values.clone()) if values is not None else None
 
-    def forward(self, rollout, temperature):
+    def forward(self, rollout, temperature, values=True):
         rows = rollout.input_ids[:, 0]
-        return self.logits[rows] / temperature, (self.values[rows] if self.values is not None else None)
+        return self.logits[rows] / temperature, (self.values[rows] if values and self.values is not None else None)
 
 
 class NoRun:

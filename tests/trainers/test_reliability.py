@@ -102,3 +102,62 @@ def test_a_checkpoint_that_would_run_code_is_refused(base, tmp_path):
     with pytest.raises(UnsafeCheckpointError):
         sft(cfg)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The same guarantees in an RL trainer (PPO: policy, critic, optimizer, KL controller, two generators)
+# ---------------------------------------------------------------------------------------------
+
+
+def ppo_command(policy, out, iterations, *extra):
+    return [sys.executable, "-m", "minirlhf.cli", "ppo", "--policy", str(policy), "--reward", "verifier",
+            "--run.out", str(out), "--iterations", str(iterations), "--batch-size", "4", "--minibatch-size", "2",
+            "--ppo-epochs", "1", "--max-new-tokens", "4", "--eval-every", "1000", "--eval-prompts", "4",
+            "--run.save-every", "1", "--run.threads", "1", "--run.progress", "false", *extra]
+
+
+def test_ppo_killed_with_sigkill_then_resumed_gives_the_uninterrupted_result(base, tmp_path):
+    iterations = 40
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(ppo_command(base, tmp_path / "full", iterations), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(ppo_command(base, tmp_path / "killed", iterations), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = CheckpointManager(tmp_path / "killed" / "checkpoints")
+    deadline = time.time() + 120
+    while (manager.latest_step() or 0) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; raise iterations"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = manager.latest_step()
+    assert 3 <= killed_at < iterations
+    subprocess.run(ppo_command(base, tmp_path / "killed", iterations, "--run.resume", "true"), check=True, env=env,
+                   capture_output=True)
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
+    assert drop(read_metrics(tmp_path / "full")) == drop(read_metrics(tmp_path / "killed"))
+    a = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_tensors(tmp_path / "killed" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_in_the_ppo_loss_stops_the_run_and_keeps_the_last_checkpoint(base, tmp_path, monkeypatch):
+    import minirlhf.trainers.ppo as ppo_module
+    from minirlhf.cli import main
+
+    real_loss, calls = ppo_module.ppo_policy_loss, {"n": 0}
+
+    def loss_that_turns_nan(*args, **kw):
+        loss, stats = real_loss(*args, **kw)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 5 else loss), stats  # iteration 3, its first minibatch
+
+    monkeypatch.setattr(ppo_module, "ppo_policy_loss", loss_that_turns_nan)
+    argv = ppo_command(base, tmp_path / "nan", 6)[3:]
+    with pytest.raises(NonFiniteError, match=r"step 3: loss is not finite.*ckpt-00000002"):
+        main([*argv, "--debug"])
+    manager = CheckpointManager(tmp_path / "nan" / "checkpoints")
+    assert manager.latest_step() == 2
+    for name in ("actor_critic.safetensors",):
+        weights = load_tensors(manager.latest() / name)
+        assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "nan" / "model").exists()  # no final model from a broken run

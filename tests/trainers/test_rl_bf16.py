@@ -17,6 +17,7 @@ import minirlhf.trainers.trpo as trpo_module
 from minirlhf.logger import read_metrics
 from minirlhf.model import GPT
 from minirlhf.saving import load_model, save_model
+from minirlhf.trainers import rl_run
 from minirlhf.trainers.common import TrainingRun
 from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.sft import sft
@@ -59,17 +60,16 @@ def forward_passes(monkeypatch):
 
     monkeypatch.setattr(TrainingRun, "autocast", cpu_autocast)
     monkeypatch.setattr(GPT, "hidden_states", recording)
-    for module in (ppo_module, trpo_module, grpo_module, rloo_module):
-        evaluate = module.evaluate
+    evaluate = rl_run.evaluate  # every RL trainer evaluates through its run skeleton
 
-        def not_recorded(*args, _evaluate=evaluate, **kwargs):
-            state["evaluating"] = True
-            try:
-                return _evaluate(*args, **kwargs)
-            finally:
-                state["evaluating"] = False
+    def not_recorded(*args, **kwargs):
+        state["evaluating"] = True
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            state["evaluating"] = False
 
-        monkeypatch.setattr(module, "evaluate", not_recorded)
+    monkeypatch.setattr(rl_run, "evaluate", not_recorded)
     return passes
 
 

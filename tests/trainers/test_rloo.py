@@ -8,6 +8,7 @@ from minirlhf.config import ConfigError, from_dict
 from minirlhf.logger import read_metrics
 from minirlhf.rollout import response_logprobs
 from minirlhf.saving import load_model
+from minirlhf.trainers import rl_run
 from minirlhf.trainers.common import LoRAConfig, OptimConfig
 from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.rloo import RLOOConfig, rloo
@@ -15,6 +16,7 @@ from minirlhf.trainers.sft import sft
 import minirlhf.trainers.rloo as rloo_module
 
 from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from conftest import assert_same_weights
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +53,19 @@ def test_advantages_are_leave_one_out_on_the_kl_penalised_reward(sft_model, tmp_
     the loss uses the sampling policy's log-probs; one optimizer step lowers the batch's own loss."""
     seen = []
     original_loss = rloo_module.reinforce_loss
-    original_ref = rloo_module.reference_logprobs
-    original_sample = rloo_module.sample_groups
+    original_rollout = rl_run.make_rollout
 
-    def spy_sample(*a, **k):
-        seen.append({"rollout": original_sample(*a, **k)})
-        return seen[-1]["rollout"]
-
-    def spy_ref(*a, **k):
-        seen[-1]["ref"] = original_ref(*a, **k)
-        return seen[-1]["ref"]
+    def spy_rollout(*a, **k):  # the one rollout path: its record holds the reference log-probs
+        r = original_rollout(*a, **k)
+        seen.append({"rollout": r, "ref": r.ref_logprobs})
+        return r
 
     def spy_loss(logp, advantages, mask):
         seen[-1].update(logp=logp.detach().clone(), adv=advantages.clone(), mask=mask)
         seen[-1]["loss"] = original_loss(logp, advantages, mask)
         return seen[-1]["loss"]
 
-    monkeypatch.setattr(rloo_module, "sample_groups", spy_sample)
-    monkeypatch.setattr(rloo_module, "reference_logprobs", spy_ref)
+    monkeypatch.setattr(rl_run, "make_rollout", spy_rollout)
     monkeypatch.setattr(rloo_module, "reinforce_loss", spy_loss)
     beta, k = 0.5, 4
     cfg = rloo_cfg(sft_model, tmp_path / "adv", iterations=2, beta=beta, k=k, eval_every=100,
@@ -121,6 +118,7 @@ def test_rloo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     rloo(part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+    assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics
 
 
 @pytest.mark.parametrize("kw,key", [(dict(k=1), "'k'"), (dict(prompts_per_iteration=0), "prompts_per_iteration"),

@@ -14,6 +14,7 @@ from minirlhf.trainers.trpo import TRPOConfig, trpo
 import minirlhf.trainers.trpo as trpo_module
 
 from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from conftest import assert_same_weights
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,7 @@ def test_trpo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     trpo(part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+    assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics
 
 
 @pytest.mark.parametrize("kw,key", [(dict(max_kl=0.0), "max_kl"), (dict(batch_size=1), "batch_size"),

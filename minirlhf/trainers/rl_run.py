@@ -1,0 +1,276 @@
+"""The run skeleton of the RL trainers (PPO, TRPO, GRPO, RLOO): what every one of them does around
+its own advantage estimate and update, written once.
+
+    run = RLRun(cfg, "grpo", multiples={"prompts_per_iteration": cfg.prompts_per_iteration})
+    optimizer = make_optimizer(run.policy.parameters(), cfg.optim)
+    run.track("optimizer", optimizer)
+    for it, prompts in run.iterations(cfg.prompts_per_iteration):     # resume, prompt draws, timers
+        rollout = run.rollout(actor, prompts, samples_per_prompt=G)    # rollout.make_rollout
+        ...                                                            # the algorithm: advantages, update
+        run.log(it, {"loss/policy": ...}, lr=lr)                       # + evaluation, checkpoint
+    return run.finish()                                                # <out>/model
+
+``RLRun`` sets up the policy and its reference (LoRA adapters off, or a frozen copy), the scorer
+(the task's verifier or a reward model), the run folder (config, metrics, checkpoints, exact resume,
+NaN guard), the random streams, the distributed split of each batch, and evaluation. The shared
+config fields live once, in ``RLConfig``; each algorithm's config adds its own.
+
+Random streams: ``shuffle`` draws the prompts of each iteration and the minibatch orders; it is the
+same on every process, so every process draws the same global batch and takes its share
+(``distributed.shard``). ``sampling`` draws the responses; each process has its own.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from minirlhf.distributed import (SINGLE, DistInfo, all_reduce_gradients, global_mean, global_reduction, global_whiten,
+                                  loss_scale, shard)
+from minirlhf.evaluation import evaluate_task
+from minirlhf.logger import Timer
+from minirlhf.lora import trainable_summary
+from minirlhf.objectives import (AdaptiveKLController, FixedKLController, batch_normalized_advantages,
+                                 broadcast_to_tokens, gae, kl_estimate, kl_penalized_rewards)
+from minirlhf.policies import ActorCritic, policy_and_reference
+from minirlhf.rollout import Rollout, build_scorer, draw_prompts, make_rollout
+from minirlhf.saving import load_model, save_model
+from minirlhf.trainers.common import LoRAConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm, resolve_task
+
+
+@dataclass
+class RLConfig:
+    """The settings every RL trainer shares: what it starts from, what scores it, how it samples and
+    how often it evaluates. Each algorithm's config adds its own fields after these."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    policy: str = field(default="runs/sft/model", metadata={"help": "SFT model folder (policy start and reference)"})
+    reward: str = field(default="verifier", metadata={"help": "'verifier' (the task's gold check) or a reward model folder"})
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
+    iterations: int = 60
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (old log-probs use the same)"})
+    max_new_tokens: int = field(default=0, metadata={"help": "0: the task's suggestion"})
+    reward_normalize: bool = field(default=True, metadata={"help": "(r - mean)/std with the reward model's statistics"})
+    reward_clip: float = field(default=0.0, metadata={"help": "clip scores to [-c, c] (0: no clip)"})
+    missing_eos_penalty: float | None = field(default=-1.0, metadata={"help": "score of a response with no EOS (none: off)"})
+    eval_every: int = 10
+    eval_prompts: int = 300
+
+
+@dataclass
+class KLConfig:
+    """The KL-to-reference penalty of PPO and TRPO (Ziegler et al., 2019)."""
+
+    coef: float = field(default=0.1, metadata={"help": "initial beta of the KL penalty"})
+    estimator: Literal["k1", "k2", "k3", "abs"] = field(default="k1", metadata={
+        "help": "per-token KL estimate; with where=loss use k2 or k3 (k1's expected gradient is zero there)"})
+    where: Literal["reward", "loss"] = field(default="reward", metadata={
+        "help": "penalty in the per-token reward, or a loss term (loss: needs estimator k2, the gradient of "
+                "KL(pi||pi_ref), or k3, the gradient of KL(pi_ref||pi))"})
+    adaptive: bool = field(default=True, metadata={"help": "Ziegler et al.'s controller toward target"})
+    target: float = field(default=1.0, metadata={"help": "target KL per response (nats, summed over tokens)"})
+    horizon: int = field(default=500, metadata={"help": "controller horizon (in rollouts)"})
+
+
+def kl_controller(kl: KLConfig):
+    """beta: Ziegler et al.'s adaptive controller toward ``kl.target``, or a fixed coefficient."""
+    return AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewards and advantages with a critic (PPO and TRPO)
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_advantages(cfg, rewards, values, mask, d: DistInfo = SINGLE):
+    """GAE advantages (whitened) and returns; or, without a critic (``cfg.advantage="batch_norm"``),
+    the batch-normalised sequence reward broadcast to every token (returns are then None).
+    Statistics are over the global batch (every rank's rollouts) when distributed."""
+    if cfg.advantage == "batch_norm":
+        seq = (rewards * mask).sum(-1)  # (B,)
+        return broadcast_to_tokens(batch_normalized_advantages(seq, reduce=global_reduction(d)), mask), None
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = global_whiten(advantages, mask, d)
+    return advantages, returns
+
+
+def rewards_and_advantages(cfg, rollout: Rollout, beta: float, d: DistInfo = SINGLE):
+    """Per-token rewards r_t = -beta k_t plus the score at the last token (beta is 0 in the reward when
+    the penalty is a loss term, ``cfg.kl.where="loss"``), the per-token KL estimate k_t, and the
+    advantages and returns of ``compute_advantages``, on a scored rollout. Returns
+    (rewards, kl, advantages, returns), (B,R) each (returns None without a critic)."""
+    in_reward = cfg.kl.where == "reward"
+    rewards, kl = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
+                                       beta if in_reward else 0.0, cfg.kl.estimator)
+    if not in_reward:
+        kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * rollout.mask
+    advantages, returns = compute_advantages(cfg, rewards, rollout.values, rollout.mask, d)
+    return rewards, kl, advantages, returns
+
+
+# ---------------------------------------------------------------------------------------------
+# One optimizer step on a minibatch, the same in every trainer
+# ---------------------------------------------------------------------------------------------
+
+
+def minibatches(n: int, size: int, generator: torch.Generator):
+    """Row indices of a shuffled pass over n rows in minibatches of ``size`` (the last may be smaller)."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+def gradient_step(optimizer, loss: torch.Tensor, count: float, grad_clip: float, run, iteration: int,
+                  d: DistInfo = SINGLE) -> float:
+    """One optimizer step on ``loss``, a mean over this rank's ``count`` items (tokens or sequences):
+    NaN guard, backward of the loss times its share of the global count (``loss_scale``), gradients
+    averaged over ranks (the gradient of the mean over the global minibatch), clipped to ``grad_clip``
+    (0: measured only), NaN guard, step. Returns the gradient norm before clipping."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    run.check_finite(iteration, loss=loss)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * loss_scale(count, d)).backward()
+    all_reduce_gradients(params, d)
+    grad_norm = clip_grad_norm(params, grad_clip)
+    run.check_finite(iteration, grad_norm=grad_norm)
+    optimizer.step()
+    return float(grad_norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics every RL trainer logs
+# ---------------------------------------------------------------------------------------------
+
+
+def rollout_metrics(rollout: Rollout, task) -> dict:
+    """reward/score (before the missing-EOS penalty), response_length, eos_share, train/<metric>."""
+    raw = rollout.extra.get("raw_scores", rollout.scores)
+    task_scores = [task.score(p, r) for p, r in zip(rollout.prompts, rollout.responses)]
+    return {
+        "reward/score": float(raw.mean()),
+        "response_length": float(rollout.mask.sum(-1).mean()),
+        "eos_share": float(rollout.ended.float().mean()),
+        f"train/{task.metric_name}": sum(task_scores) / len(task_scores),
+    }
+
+
+def group_metrics(scores: torch.Tensor, group_size: int) -> dict:
+    """How much learning signal a batch of groups holds. group/zero_std_share: the share of groups whose
+    G rewards are all equal (a group baseline gives them zero advantage: no gradient); group/reward_std:
+    the mean over groups of the reward's standard deviation (torch.std, as group_advantages uses)."""
+    g = scores.detach().float().reshape(-1, group_size)  # (B,G)
+    same = (g == g[:, :1]).all(dim=1)
+    return {"group/zero_std_share": float(same.float().mean()), "group/reward_std": float(g.std(dim=1).mean())}
+
+
+def evaluate(policy, task, tokenizer, template, eval_prompts: int, seed: int) -> dict:
+    """Held-out task metric, greedy ("eval/<metric>") and at temperature 1 ("eval_t1/<metric>")."""
+    return evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), eval_prompts, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The skeleton
+# ---------------------------------------------------------------------------------------------
+
+
+class RLRun:
+    """Set-up, iterations, rollouts, logging, evaluation, checkpoints and the end of an RL run.
+
+    Attributes a trainer uses: ``policy`` (LoRA-wrapped under ``cfg.lora``), ``reference``
+    (``policies.Reference``), ``rm`` (the reward model or None), ``task``, ``device``, ``dist``,
+    ``shuffle`` (the generator of prompt draws and minibatch orders), ``timer``, ``max_new_tokens``.
+    """
+
+    def __init__(self, cfg: RLConfig, name: str, multiples: dict[str, int] | None = None):
+        self.cfg, self.name = cfg, name
+        policy, self.tokenizer, template, meta = load_model(cfg.policy, kind="gpt")
+        self.task, self.task_record = resolve_task(cfg.task, meta)
+        self.template = template or self.task.template()
+        self.run = TrainingRun(cfg.run, cfg, name=name, total_steps=cfg.iterations)
+        self.device, self.dist = self.run.device, self.run.dist
+        for key, value in (multiples or {}).items():
+            if value % self.dist.world_size:
+                raise ValueError(f"{key} ({value}) must be a multiple of the number of processes "
+                                 f"({self.dist.world_size})")
+        self.policy, self.reference = policy_and_reference(policy.to(self.device), cfg.lora)
+        self.scorer, self.rm = build_scorer(cfg.reward, self.tokenizer, self.device, self.template,
+                                            cfg.reward_normalize, cfg.reward_clip)
+        self.sampling = torch.Generator(device=self.device).manual_seed(self.run.rank_seed())  # this rank's responses
+        self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global draws on every rank
+        self.run.track_generator("sampling", self.sampling)
+        self.run.track_generator("shuffle", self.shuffle)
+        self.max_new_tokens = cfg.max_new_tokens or self.task.max_response_tokens
+        self.timer = Timer()
+        self.last_eval: dict = {}
+        self.is_main = self.run.is_main
+
+    # -- what a trainer calls ---------------------------------------------------------------
+
+    def track(self, name: str, obj) -> None:
+        """Include ``obj`` (a module, optimizer, KL controller) in checkpoints and resume."""
+        self.run.track(name, obj)
+
+    def autocast(self):
+        return self.run.autocast()
+
+    def check_finite(self, step: int, **values) -> None:
+        self.run.check_finite(step, **values)
+
+    def iterations(self, prompts_per_iteration: int, describe: str = ""):
+        """Yield (iteration, this rank's prompts) from the first iteration not yet done (resume), after
+        evaluating the starting policy. Prompts are drawn globally, then sharded."""
+        start, _ = self.run.restore()
+        reward = "verifier" if self.rm is None else self.cfg.reward
+        print(f"[{self.name}] {self.task.name}: policy {trainable_summary(self.policy)}; reward {reward}; "
+              f"{self.cfg.iterations} iterations x {describe or f'{prompts_per_iteration} prompts'}")
+        self.policy.eval()  # dropout off during rollouts and updates
+        self.t0 = time.perf_counter()
+        if start == 0 and self.is_main:
+            self.last_eval = self.evaluate()
+            self.run.log(0, dict(self.last_eval))
+        train_prompts = self.task.prompts("train")
+        for it in range(start + 1, self.cfg.iterations + 1):
+            self.timer.reset()
+            yield it, shard(draw_prompts(train_prompts, prompts_per_iteration, self.shuffle), self.dist)
+
+    def rollout(self, actor: ActorCritic, prompts: list[str], samples_per_prompt: int = 1, values: bool = False,
+                keep_logits: bool = False) -> Rollout:
+        """``rollout.make_rollout`` with this run's reference, scorer, task, sampling settings and timers."""
+        cfg = self.cfg
+        self._rollout = make_rollout(actor, self.reference, self.scorer, self.task, self.tokenizer, self.template,
+                                     prompts, self.max_new_tokens, cfg.temperature, self.sampling, samples_per_prompt,
+                                     cfg.missing_eos_penalty, values, keep_logits, self.autocast, self.timer)
+        return self._rollout
+
+    def log(self, it: int, local: dict, **shared) -> None:
+        """Log one iteration: the last rollout's metrics and ``local`` (this rank's values, averaged over
+        ranks), ``shared`` (the same on every rank), the phase timers, and the held-out evaluation every
+        ``eval_every`` iterations and at the end; then a checkpoint when one is due."""
+        rollout_local = rollout_metrics(self._rollout, self.task)
+        metrics = {**{k: global_mean(v, self.dist) for k, v in {**rollout_local, **local}.items()},
+                   **shared, **self.timer.as_metrics()}
+        if (it % self.cfg.eval_every == 0 or it == self.cfg.iterations) and self.is_main:
+            self.last_eval = self.evaluate()
+            metrics.update(self.last_eval)
+        self.run.log(it, metrics)
+        self.run.maybe_save(it, self.cfg.iterations)
+
+    def evaluate(self) -> dict:
+        return evaluate(self.policy, self.task, self.tokenizer, self.template, self.cfg.eval_prompts, self.cfg.run.seed)
+
+    def finish(self) -> dict:
+        """Close the run; rank 0 writes ``<out>/model`` and returns the final evaluation."""
+        self.run.close()
+        elapsed = time.perf_counter() - self.t0
+        if not self.is_main:
+            return {}
+        out = self.run.model_dir()
+        save_model(out, self.policy, self.tokenizer, self.template, meta={"task": self.task_record, "stage": self.name})
+        final = {**self.last_eval, "time": elapsed, "model": str(out)}
+        key = f"eval/{self.task.metric_name}"
+        print(f"[{self.name}] done in {elapsed:.0f}s: {key} {final.get(key, float('nan')):.3f}; model in {out}")
+        return final
