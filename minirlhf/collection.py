@@ -1,10 +1,15 @@
 """Preference collection's shared pieces, used by ``minirlhf collect`` and by online DPO's rounds:
 K samples per prompt through the one sampling path (``rollout.sample_responses``), the task's
-judge, and every pair of a prompt's samples judged into preference rows (``judges.preference_rows``)."""
+judge, every pair of a prompt's samples judged into preference rows (``judges.preference_rows``),
+and one online round's pairs with their file (``round_pairs``, ``round_file``)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
+from minirlhf.data import load_preferences, write_jsonl
+from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects
 from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
 from minirlhf.rollout import sample_responses
 
@@ -50,3 +55,55 @@ def judge_groups(prompts: list[str], groups: list[list[str]], judge, tie_policy:
         for key in counts:
             counts[key] += c[key]
     return rows, counts, scores, empty
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    return seed * 1_000_003 + round_index
+
+
+def round_file(out, round_index: int) -> Path:
+    """Where a run writes the pairs of an online round: ``<out>/rounds/round_NNN.jsonl``."""
+    return Path(out) / "rounds" / f"round_{round_index:03d}.jsonl"
+
+
+@torch.no_grad()
+def round_pairs(model, task, judge, tokenizer, template, n_prompts: int, k: int, temperature: float, tie_policy: str,
+                seed: int, round_index: int, d: DistInfo = SINGLE) -> tuple[list, dict]:
+    """An online round's pairs: ``k`` samples per prompt from the current policy, every pair judged.
+    The prompts and the samples are drawn from generators seeded by (seed, round). Distributed, each
+    rank samples and judges its share of the prompts (its sampling seed differs by rank) and every
+    rank returns the pairs of all of them, in rank order. Returns (rows, round statistics)."""
+    g = torch.Generator().manual_seed(round_seed(seed, round_index))
+    train_prompts = task.prompts("train")
+    n = min(n_prompts, len(train_prompts))
+    prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), generator=g)[:n].tolist()]
+    prompts = prompts[d.rank :: d.world_size]  # this rank's share
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(round_seed(seed, round_index) + 100_000_007 * d.rank)
+    groups = sample_groups(model, tokenizer, template, prompts, k, task.max_response_tokens, temperature, gen,
+                           batch_size=128)
+    rows, counts, scores, empty = judge_groups(prompts, groups, judge, tie_policy)
+    if d.enabled:  # every rank's pairs, in rank order, on every rank
+        parts = all_gather_objects((rows, counts, scores, empty), d)
+        rows = [row for part in parts for row in part[0]]
+        counts = {key: sum(part[1][key] for part in parts) for key in counts}
+        scores = [x for part in parts for x in part[2]]
+        empty = sum(part[3] for part in parts)
+    stats = {"round/pairs": counts["rows"], "round/ties": counts["ties"], "round/skipped": counts["skipped"],
+             "round/empty_samples": empty, "round/score": sum(scores) / len(scores), "round/prompts": n}
+    return rows, stats
+
+
+def save_round(out, round_index: int, rows: list[dict]) -> None:
+    path = round_file(out, round_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, rows)
+
+
+def load_round(out, round_index: int, step: int) -> list[dict]:
+    """The pairs of a round, read back by a run resumed in its middle (they came from the policy at the
+    start of the round, which the resumed run no longer has)."""
+    path = round_file(out, round_index)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the pairs of round {round_index}, needed to resume at step {step}, are missing")
+    return load_preferences(path)

@@ -99,19 +99,26 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The learning rate of every scheduled group (all but ``make_optimizer``'s ``extra`` groups)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if group.get("scheduled", True):
+            group["lr"] = lr
 
 
-def make_optimizer(params, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable tensors; weight decay on matrices only, as in GPT-2/nanoGPT."""
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ValueError("no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(params, cfg: OptimConfig, extra: list[tuple[list, float]] = ()) -> torch.optim.AdamW:
+    """AdamW over the trainable tensors; weight decay on matrices only, as in GPT-2/nanoGPT.
+
+    ``extra``: more (params, lr) pairs with a learning rate of their own (a critic's), split the same
+    way; their groups carry ``scheduled=False``, so ``set_lr`` leaves them at that rate."""
+    groups = []
+    for tensors, lr, scheduled in [(params, cfg.lr, True)] + [(p, lr, False) for p, lr in extra]:
+        tensors = [p for p in tensors if p.requires_grad]
+        if scheduled and not tensors:
+            raise ValueError("no trainable parameters")
+        groups += [{"params": [p for p in tensors if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr": lr,
+                    "scheduled": scheduled},
+                   {"params": [p for p in tensors if p.dim() < 2], "weight_decay": 0.0, "lr": lr,
+                    "scheduled": scheduled}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              eps=cfg.eps)
 

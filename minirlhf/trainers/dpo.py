@@ -6,7 +6,7 @@ pairs with a classification loss; no reward model, no sampling inside the loss.
                                                                           (Rafailov et al., 2023, eq. 7)
 
 log pi(y|x) is summed over the response tokens (minirlhf.logprobs.sequence_logprobs), with dropout
-off for the policy as for the reference (``concatenated_logps``). The loss
+off for the policy as for the reference (``pairs.concatenated_logps``). The loss
 and its variants -- conservative DPO (label_smoothing, Mitchell, 2023), IPO (Azar et al., 2023),
 the SLiC hinge (Zhao et al., 2023) -- are minirlhf.objectives.dpo_loss; this file only feeds it.
 
@@ -54,13 +54,12 @@ from typing import Literal
 
 import torch
 
-from minirlhf.data import collate_preferences, load_preferences, step_batch, usable_rows, write_jsonl
-from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects, all_reduce_gradients, global_sums
-from minirlhf.collection import judge_groups, sample_groups, task_judge
+from minirlhf.data import collate_preferences, load_preferences, usable_rows
+from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sums
+from minirlhf.collection import load_round, round_pairs, round_seed, save_round, task_judge
 from minirlhf.evaluation import evaluate_task
 from minirlhf.logger import Timer
-from minirlhf.logprobs import sequence_logprobs
-from minirlhf.policies import dropout_off, reference_policy
+from minirlhf.pairs import PairPool, concatenated_logps, reference_logps
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives import DPO_LOSS_TYPES, dpo_loss
 from minirlhf.saving import load_model, save_model
@@ -121,63 +120,13 @@ class DPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Log-probs of the policy and of the reference
+# The pairs with their reference log-probs (pairs.py), computed once
 # ---------------------------------------------------------------------------------------------
-
-
-def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
-    ``collate_preferences`` batch (chosen rows first).
-
-    Always with dropout off: the policy's and the reference's log-probs are computed the same way, so
-    at the start (policy = reference) every log-ratio is 0 and the loss takes its closed form (log 2
-    for the sigmoid loss). With dropout on for the policy only, log pi - log pi_ref would be noise
-    that biases the loss and the implicit rewards."""
-    ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
-    with dropout_off(model):
-        logps = sequence_logprobs(model, ids, mask, lmask)  # (2B,)
-    B = ids.size(0) // 2
-    return logps[:B], logps[B:]
-
-
-@torch.no_grad()
-def reference_logps(model, rows: list[dict], tokenizer, template, max_len: int, truncation: str = "error",
-                    batch_size: int = 64, device="cpu", ref_model=None,
-                    autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi_ref(y_w|x) and log pi_ref(y_l|x) for every pair, (N,) each, on the CPU in the dtype the
-    model computes them in. Called once per set of pairs; the trainer never calls it twice for the same pair."""
-    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
-    with reference_policy(model, ref_model) as ref:
-        for i in range(0, len(rows), batch_size):
-            batch = collate_preferences(tokenizer, template, rows[i : i + batch_size], max_len, truncation)
-            with autocast():
-                c, r = concatenated_logps(ref, batch, device)
-            chosen.append(c.cpu())
-            rejected.append(r.cpu())
-    return torch.cat(chosen), torch.cat(rejected)  # (N,), (N,)
-
-
-@dataclass
-class PairPool:
-    """Preference rows with their cached reference log-probs (row i <-> ref_chosen[i], ref_rejected[i])."""
-
-    rows: list[dict]
-    ref_chosen: torch.Tensor  # (N,)
-    ref_rejected: torch.Tensor  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, step: int, batch_size: int, seed: int, order=None):
-        """The pairs of step ``step`` (1-based) of a seeded epoch walk (data.step_batch), a function of
-        (seed, step): returns (rows, ref_chosen (B,), ref_rejected (B,), order)."""
-        idx, order = step_batch(range(len(self.rows)), order, step, batch_size, seed)
-        index = torch.tensor(idx, dtype=torch.long)
-        return [self.rows[i] for i in idx], self.ref_chosen[index], self.ref_rejected[index], order
 
 
 def build_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, ref_model=None,
                autocast=contextlib.nullcontext) -> PairPool:
+    """The rows with log pi_ref(y_w|x), log pi_ref(y_l|x) of each, computed once, before any update."""
     max_len = cfg.max_len or model.config.block_size
     ref_c, ref_r = reference_logps(model, rows, tokenizer, template, max_len, cfg.truncation, cfg.batch_size,
                                    device, ref_model, autocast)
@@ -301,48 +250,6 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
         totals["rewards/rejected"] += rr.sum().item()
     model.train(was_training)
     return {prefix + k: v / len(pool) for k, v in totals.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Online rounds: sample from the current policy, judge, pair up
-# ---------------------------------------------------------------------------------------------
-
-
-def round_seed(seed: int, round_index: int) -> int:
-    return seed * 1_000_003 + round_index
-
-
-@torch.no_grad()
-def sample_round(model, task, judge, tokenizer, template, cfg: DPOConfig, round_index: int,
-                 d: DistInfo = SINGLE) -> tuple[list, dict]:
-    """Round ``round_index``'s pairs: K samples per prompt from the current policy, every pair judged.
-    The prompts and the samples are drawn from generators seeded by (seed, round). Distributed,
-    each rank samples and judges its share of the prompts (its sampling seed differs by rank) and
-    every rank returns the pairs of all of them, in rank order."""
-    g = torch.Generator().manual_seed(round_seed(cfg.run.seed, round_index))
-    train_prompts = task.prompts("train")
-    n = min(cfg.prompts_per_round, len(train_prompts))
-    prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), generator=g)[:n].tolist()]
-    prompts = prompts[d.rank :: d.world_size]  # this rank's share
-    K = cfg.samples_per_prompt
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(round_seed(cfg.run.seed, round_index) + 100_000_007 * d.rank)
-    groups = sample_groups(model, tokenizer, template, prompts, K, task.max_response_tokens, cfg.sample_temperature,
-                           gen, batch_size=128)
-    rows, counts, scores, empty = judge_groups(prompts, groups, judge, cfg.tie_policy)
-    if d.enabled:  # every rank's pairs, in rank order, on every rank
-        parts = all_gather_objects((rows, counts, scores, empty), d)
-        rows = [row for part in parts for row in part[0]]
-        counts = {k: sum(part[1][k] for part in parts) for k in counts}
-        scores = [x for part in parts for x in part[2]]
-        empty = sum(part[3] for part in parts)
-    stats = {"round/pairs": counts["rows"], "round/ties": counts["ties"], "round/skipped": counts["skipped"],
-             "round/empty_samples": empty, "round/score": sum(scores) / len(scores), "round/prompts": n}
-    return rows, stats
-
-
-def round_file(out, round_index: int) -> Path:
-    return Path(out) / "rounds" / f"round_{round_index:03d}.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,20 +380,15 @@ def dpo(cfg: DPOConfig) -> dict:
             local_step, seed = step - (r - 1) * cfg.steps_per_round, round_seed(cfg.run.seed, r)
             if r != round_index:  # a new round (or the round a resumed run stopped in)
                 round_index, order = r, None
-                resumed_mid_round = step == start + 1 and local_step > 1
-                if resumed_mid_round:  # its pairs came from the policy at the start of the round: read them back
-                    if not round_file(cfg.run.out, r).is_file():
-                        raise FileNotFoundError(f"{round_file(cfg.run.out, r)}: the pairs of round {r}, needed to "
-                                                f"resume at step {step}, are missing")
-                    rows = load_preferences(round_file(cfg.run.out, r))
-                    round_stats = {}
-                else:
-                    rows, round_stats = sample_round(model, task, judge, tokenizer, template, cfg, r, d)
-                    if run.is_main:
-                        round_file(cfg.run.out, r).parent.mkdir(parents=True, exist_ok=True)
-                        write_jsonl(round_file(cfg.run.out, r), rows)
+                if step == start + 1 and local_step > 1:  # resumed in the middle of a round: its pairs
+                    rows, round_stats = load_round(cfg.run.out, r, step), {}
+                else:  # K samples per prompt from the current policy, every pair judged
+                    rows, round_stats = round_pairs(model, task, judge, tokenizer, template, cfg.prompts_per_round,
+                                                    cfg.samples_per_prompt, cfg.sample_temperature, cfg.tie_policy,
+                                                    cfg.run.seed, r, d)
                     round_stats["round"] = r
                     if run.is_main:
+                        save_round(cfg.run.out, r, rows)
                         print(f"[dpo] round {r}: {round_stats['round/pairs']} pairs from "
                               f"{round_stats['round/prompts']} prompts, mean sample score {round_stats['round/score']:.3f}")
                 pool = build_pool(model, rows, tokenizer, template, cfg, run.device, ref_model, run.autocast)

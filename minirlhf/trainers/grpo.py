@@ -38,7 +38,7 @@ from minirlhf.objectives import (aggregate_loss, broadcast_to_tokens, entropy_fr
                                  grpo_kl_penalty, logprobs_from_logits, masked_mean, ppo_policy_loss)
 from minirlhf.policies import ActorCritic
 from minirlhf.rollout import Rollout
-from minirlhf.trainers.common import OptimConfig, RunConfig, lr_at, make_optimizer, set_lr
+from minirlhf.trainers.common import OptimConfig, RunConfig
 from minirlhf.trainers.rl_run import RLConfig, RLRun, gradient_step, group_metrics, minibatches
 
 
@@ -116,13 +116,10 @@ def grpo(cfg: GRPOConfig) -> dict:
                                         "minibatch_size": cfg.minibatch_size})
     G = cfg.group_size
     actor = ActorCritic(run.policy, "none").to(run.device)  # response logits of the policy
-    optimizer = make_optimizer(run.policy.parameters(), cfg.optim)
+    optimizer = run.optimizer(cfg.optim)  # AdamW on the policy's trainable tensors, lr scheduled by run
     run.track("policy", run.policy)
-    run.track("optimizer", optimizer)
 
     for it, prompts in run.iterations(cfg.prompts_per_iteration, f"{cfg.prompts_per_iteration} prompts x {G} samples"):
-        lr = lr_at(it, cfg.iterations, cfg.optim)
-        set_lr(optimizer, lr)
         # 1-2. G samples o_1..o_G of each prompt q, their rewards r_i, old and reference log-probs
         rollout = run.rollout(actor, prompts, samples_per_prompt=G)
         # 3. A_i = (r_i - mean(r)) / std(r) within each group, the same for every token of o_i
@@ -135,5 +132,5 @@ def grpo(cfg: GRPOConfig) -> dict:
         kl_ref = (grpo_kl_penalty(rollout.logprobs, rollout.ref_logprobs) * rollout.mask).sum(-1)  # (N,)
         local = {"reward/mean": float(rollout.scores.mean()), "kl": float(kl_ref.mean()),
                  **group_metrics(rollout.scores, G)}
-        run.log(it, local, lr=lr, **stats)
+        run.log(it, local, **stats)
     return run.finish()

@@ -37,21 +37,18 @@ from minirlhf.objectives import (AdaptiveKLPenalty, entropy_from_logits, explain
                                  logprobs_from_logits, masked_mean, ppo_penalty_loss, ppo_policy_loss, value_loss)
 from minirlhf.policies import ActorCritic, build_critic
 from minirlhf.rollout import Rollout
-from minirlhf.trainers.common import OptimConfig, RunConfig, lr_at
-from minirlhf.trainers.rl_run import (KLConfig, RLConfig, RLRun, gradient_step, kl_controller, minibatches,
+from minirlhf.trainers.common import OptimConfig, RunConfig
+from minirlhf.trainers.rl_run import (CriticRLConfig, RLRun, gradient_step, kl_controller, minibatches,
                                       rewards_and_advantages)
 
 
 @dataclass
-class PPOConfig(RLConfig):
+class PPOConfig(CriticRLConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/ppo", log_every=5))
     reward: str = field(default="runs/rm/model", metadata={"help": "reward model folder, or 'verifier' for the task's check"})
     iterations: int = 80
     critic: Literal["separate", "shared", "none"] = field(
         default="separate", metadata={"help": "own GPT backbone, a head on the policy's backbone, or none"})
-    critic_init: Literal["reward", "policy"] = field(default="reward", metadata={
-        "help": "separate critic starts from the reward model (its head rescaled to the normalised rewards "
-                "when reward_normalize is on) or the SFT model"})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, schedule="cosine", grad_clip=1.0,
                                                                   beta2=0.999))
     critic_lr: float = 5e-4
@@ -62,16 +59,9 @@ class PPOConfig(RLConfig):
     clip_eps: float = 0.2
     penalty_beta: float = field(default=1.0, metadata={"help": "PPO-penalty: initial KL(old||new) coefficient"})
     penalty_target: float = field(default=0.01, metadata={"help": "PPO-penalty: target KL(old||new)"})
-    advantage: Literal["gae", "batch_norm"] = field(
-        default="gae", metadata={"help": "gae with a critic, or the critic-free batch-normalised sequence reward"})
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    value_clip: float = field(default=0.2, metadata={"help": "clip of the value update (0: none)"})
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     target_approx_kl: float = field(default=0.0, metadata={"help": "stop an iteration's epochs past this approx_kl (0: never)"})
-    kl: KLConfig = field(default_factory=KLConfig)
 
     def __post_init__(self):
         if self.kl.where == "loss" and self.kl.estimator == "k1":
@@ -168,21 +158,16 @@ def ppo(cfg: PPOConfig) -> dict:
     if critic_mode == "separate":
         critic = build_critic(cfg.critic_init, cfg.policy, cfg.reward, run.rm, cfg.reward_normalize, run.device)
     ac = ActorCritic(run.policy, critic_mode, critic).to(run.device)
-    groups = [{"params": [p for p in run.policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
-    if ac.critic_parameters():
-        groups.append({"params": ac.critic_parameters(), "lr": cfg.critic_lr})
-    optimizer = torch.optim.AdamW(groups, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+    # one AdamW: the policy's tensors at the scheduled lr, the critic's at critic_lr
+    optimizer = run.optimizer(cfg.optim, extra=[(ac.critic_parameters(), cfg.critic_lr)])
     kl_ctl = kl_controller(cfg.kl)
     penalty = AdaptiveKLPenalty(cfg.penalty_beta, cfg.penalty_target) if cfg.policy_loss == "penalty" else None
     run.track("actor_critic", ac)
-    run.track("optimizer", optimizer)
     run.track("kl_controller", kl_ctl)
     if penalty is not None:
         run.track("penalty", penalty)
 
     for it, prompts in run.iterations(cfg.batch_size, f"{cfg.batch_size} rollouts; critic {critic_mode}"):
-        optimizer.param_groups[0]["lr"] = lr_at(it, cfg.iterations, cfg.optim)  # the policy's group
         # 1-2. sample, score; old and reference log-probs and values (pi_old's logits for PPO-penalty)
         rollout = run.rollout(ac, prompts, values=True, keep_logits=penalty is not None)
         # 3-4. KL-penalised per-token rewards, GAE advantages and returns

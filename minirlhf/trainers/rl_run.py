@@ -2,12 +2,11 @@
 its own advantage estimate and update, written once.
 
     run = RLRun(cfg, "grpo", multiples={"prompts_per_iteration": cfg.prompts_per_iteration})
-    optimizer = make_optimizer(run.policy.parameters(), cfg.optim)
-    run.track("optimizer", optimizer)
+    optimizer = run.optimizer(cfg.optim)                            # AdamW on the policy, lr scheduled
     for it, prompts in run.iterations(cfg.prompts_per_iteration):     # resume, prompt draws, timers
         rollout = run.rollout(actor, prompts, samples_per_prompt=G)    # rollout.make_rollout
         ...                                                            # the algorithm: advantages, update
-        run.log(it, {"loss/policy": ...}, lr=lr)                       # + evaluation, checkpoint
+        run.log(it, {"loss/policy": ...})                              # + evaluation, checkpoint
     return run.finish()                                                # <out>/model
 
 ``RLRun`` sets up the policy and its reference (LoRA adapters off, or a frozen copy), the scorer
@@ -37,7 +36,8 @@ from minirlhf.objectives import (AdaptiveKLController, FixedKLController, batch_
 from minirlhf.policies import ActorCritic, policy_and_reference
 from minirlhf.rollout import Rollout, build_scorer, draw_prompts, make_rollout
 from minirlhf.saving import load_model, save_model
-from minirlhf.trainers.common import LoRAConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm, resolve_task
+from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm, lr_at,
+                                      make_optimizer, resolve_task, set_lr)
 
 
 @dataclass
@@ -73,6 +73,23 @@ class KLConfig:
     adaptive: bool = field(default=True, metadata={"help": "Ziegler et al.'s controller toward target"})
     target: float = field(default=1.0, metadata={"help": "target KL per response (nats, summed over tokens)"})
     horizon: int = field(default=500, metadata={"help": "controller horizon (in rollouts)"})
+
+
+@dataclass
+class CriticRLConfig(RLConfig):
+    """The settings PPO and TRPO share: GAE with a critic (or the critic-free batch-normalised
+    reward), the critic's start and value clip, and the KL-to-reference penalty in the reward."""
+
+    advantage: Literal["gae", "batch_norm"] = field(
+        default="gae", metadata={"help": "gae with a critic, or the critic-free batch-normalised sequence reward"})
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    critic_init: Literal["reward", "policy"] = field(default="reward", metadata={
+        "help": "a separate critic starts from the reward model (if any; its head rescaled to the normalised "
+                "rewards when reward_normalize is on) or the SFT model"})
+    value_clip: float = field(default=0.2, metadata={"help": "clip of the value update (0: none)"})
+    kl: KLConfig = field(default_factory=KLConfig)
 
 
 def kl_controller(kl: KLConfig):
@@ -205,10 +222,18 @@ class RLRun:
         self.run.track_generator("shuffle", self.shuffle)
         self.max_new_tokens = cfg.max_new_tokens or self.task.max_response_tokens
         self.timer = Timer()
+        self._optimizer, self._optim, self.lr = None, None, None
         self.last_eval: dict = {}
         self.is_main = self.run.is_main
 
     # -- what a trainer calls ---------------------------------------------------------------
+
+    def optimizer(self, optim: OptimConfig, extra: list[tuple[list, float]] = ()) -> torch.optim.AdamW:
+        """AdamW over the policy's trainable tensors (``make_optimizer``), tracked; ``iterations`` sets its
+        learning rate by ``optim``'s schedule. ``extra`` (params, lr) groups keep their own rate."""
+        self._optimizer, self._optim = make_optimizer(self.policy.parameters(), optim, extra), optim
+        self.track("optimizer", self._optimizer)
+        return self._optimizer
 
     def track(self, name: str, obj) -> None:
         """Include ``obj`` (a module, optimizer, KL controller) in checkpoints and resume."""
@@ -235,6 +260,9 @@ class RLRun:
         train_prompts = self.task.prompts("train")
         for it in range(start + 1, self.cfg.iterations + 1):
             self.timer.reset()
+            if self._optimizer is not None:
+                self.lr = lr_at(it, self.cfg.iterations, self._optim)
+                set_lr(self._optimizer, self.lr)
             yield it, shard(draw_prompts(train_prompts, prompts_per_iteration, self.shuffle), self.dist)
 
     def rollout(self, actor: ActorCritic, prompts: list[str], samples_per_prompt: int = 1, values: bool = False,
@@ -252,7 +280,7 @@ class RLRun:
         ``eval_every`` iterations and at the end; then a checkpoint when one is due."""
         rollout_local = rollout_metrics(self._rollout, self.task)
         metrics = {**{k: global_mean(v, self.dist) for k, v in {**rollout_local, **local}.items()},
-                   **shared, **self.timer.as_metrics()}
+                   **({"lr": self.lr} if self._optimizer is not None else {}), **shared, **self.timer.as_metrics()}
         if (it % self.cfg.eval_every == 0 or it == self.cfg.iterations) and self.is_main:
             self.last_eval = self.evaluate()
             metrics.update(self.last_eval)

@@ -32,7 +32,7 @@ from minirlhf.config import ConfigError
 from minirlhf.objectives import (entropy_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
                                  reinforce_loss, rloo_advantages)
 from minirlhf.policies import ActorCritic
-from minirlhf.trainers.common import OptimConfig, RunConfig, lr_at, make_optimizer, set_lr
+from minirlhf.trainers.common import OptimConfig, RunConfig
 from minirlhf.trainers.rl_run import RLConfig, RLRun, gradient_step, group_metrics
 
 
@@ -59,13 +59,10 @@ def rloo(cfg: RLOOConfig) -> dict:
     run = RLRun(cfg, "rloo", multiples={"prompts_per_iteration": cfg.prompts_per_iteration})
     k = cfg.k
     actor = ActorCritic(run.policy, "none").to(run.device)  # response logits of the policy
-    optimizer = make_optimizer(run.policy.parameters(), cfg.optim)
+    optimizer = run.optimizer(cfg.optim)  # AdamW on the policy's trainable tensors, lr scheduled by run
     run.track("policy", run.policy)
-    run.track("optimizer", optimizer)
 
     for it, prompts in run.iterations(cfg.prompts_per_iteration, f"{cfg.prompts_per_iteration} prompts x {k} samples"):
-        lr = lr_at(it, cfg.iterations, cfg.optim)
-        set_lr(optimizer, lr)
         # 1. k samples y_1..y_k of each prompt, their scores r, old and reference log-probs
         rollout = run.rollout(actor, prompts, samples_per_prompt=k)
         # 2. R(x, y_i) = r(x, y_i) - beta * sum_t KL_t
@@ -86,5 +83,5 @@ def rloo(cfg: RLOOConfig) -> dict:
                  "kl": float(seq_kl.mean()), "loss/policy": float(loss.detach()),
                  "entropy": float(masked_mean(entropy_from_logits(logits.detach()), rollout.mask)),
                  **group_metrics(rollout.scores, k)}
-        run.log(it, local, grad_norm=grad_norm, lr=lr)
+        run.log(it, local, grad_norm=grad_norm)
     return run.finish()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
@@ -44,12 +43,12 @@ from minirlhf.objectives import (entropy_from_logits, explained_variance, kl_fro
 from minirlhf.policies import ActorCritic, build_critic
 from minirlhf.rollout import Rollout, response_values
 from minirlhf.trainers.common import OptimConfig, RunConfig, lr_at, make_optimizer, set_lr
-from minirlhf.trainers.rl_run import (KLConfig, RLConfig, RLRun, gradient_step, kl_controller, minibatches,
+from minirlhf.trainers.rl_run import (CriticRLConfig, RLRun, gradient_step, kl_controller, minibatches,
                                       rewards_and_advantages)
 
 
 @dataclass
-class TRPOConfig(RLConfig):
+class TRPOConfig(CriticRLConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/trpo", log_every=5))
     iterations: int = 25
     max_kl: float = field(default=0.01, metadata={"help": "delta: bound on the mean per-token KL(pi_old || pi_new)"})
@@ -58,19 +57,9 @@ class TRPOConfig(RLConfig):
     backtrack_coeff: float = field(default=0.8, metadata={"help": "line search: step fractions 1, c, c^2, ..."})
     backtrack_iters: int = field(default=10, metadata={"help": "line search: candidate steps"})
     batch_size: int = field(default=64, metadata={"help": "rollouts per iteration (one trust-region step)"})
-    advantage: Literal["gae", "batch_norm"] = field(
-        default="gae", metadata={"help": "gae with a critic, or the critic-free batch-normalised sequence reward"})
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    critic_init: Literal["reward", "policy"] = field(
-        default="reward", metadata={"help": "the critic starts from the reward model (if any; its head rescaled to "
-                                         "the normalised rewards when reward_normalize is on) or the SFT model"})
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, schedule="constant", beta2=0.999))
     critic_epochs: int = field(default=2, metadata={"help": "passes of value regression per iteration"})
     critic_minibatch_size: int = 16
-    value_clip: float = field(default=0.2, metadata={"help": "clip of the value update (0: none)"})
-    kl: KLConfig = field(default_factory=KLConfig)
 
     def __post_init__(self):
         if not self.max_kl > 0:

@@ -16,6 +16,7 @@ from minirlhf.logprobs import sequence_logprobs
 from minirlhf.lora import apply_lora, lora_layers
 from minirlhf.saving import load_model
 from minirlhf.tasks import get_task
+from minirlhf.collection import round_file
 from minirlhf.trainers.common import make_optimizer
 from minirlhf.trainers.dpo import (DPOConfig, DPOLossConfig, build_pool, dpo, dpo_batch_losses, dpo_step,
                                    reference_logps)
@@ -261,7 +262,7 @@ def test_online_rounds_judge_fresh_samples_against_the_unchanged_reference(init,
     assert [r["round"] for r in rows_logged] == [1, 2] and [r["step"] for r in rows_logged] == [1, 3]
     decided = 0
     for r in (1, 2):
-        rows = load_preferences(dpo_module.round_file(cfg.run.out, r))
+        rows = load_preferences(round_file(cfg.run.out, r))
         assert len(rows) == rows_logged[r - 1]["round/pairs"] > 0
         for row in rows:
             sc, sr = TINY_TASK.score(row["prompt"], row["chosen"]), TINY_TASK.score(row["prompt"], row["rejected"])
@@ -320,8 +321,8 @@ def test_interrupted_and_resumed_dpo_matches_an_uninterrupted_run(init, tmp_path
     assert a == b
     if online:  # round 1's pairs read back, round 2's sampled again by the resumed run: the same pairs
         for r in (1, 2):
-            assert (load_preferences(dpo_module.round_file(tmp_path / "full", r))
-                    == load_preferences(dpo_module.round_file(tmp_path / "part", r)))
+            assert (load_preferences(round_file(tmp_path / "full", r))
+                    == load_preferences(round_file(tmp_path / "part", r)))
     wa = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
     wb = load_tensors(tmp_path / "part" / "model" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
