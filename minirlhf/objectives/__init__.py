@@ -4,7 +4,7 @@ policy.py       log-probs, entropy, KL estimators, GAE, PPO losses, KL controlle
                 GRPO / RLOO / batch baselines
 preference.py   Bradley-Terry, Davidson ties, Plackett-Luce, DPO / cDPO / IPO / hinge, KTO, ORPO, SimPO,
                 ECE, Fleiss' kappa
-pg_variants.py  GSPO's sequence ratio and loss, DAPO's dynamic sampling and overlong penalty, REINFORCE++
+pg_variants.py  GSPO's sequence ratio, loss and token ratio, DAPO's dynamic sampling and overlong penalty, REINFORCE++
 trust_region.py flat gradients, Hessian-vector products, conjugate gradient, the TRPO step
 surrogates.py   TRPO's importance-sampled surrogate, the REINFORCE loss (RLOO)
 lm.py           the next-token (pretraining / SFT) loss
@@ -54,6 +54,7 @@ from .preference import (
 from .pg_variants import (
     gspo_policy_loss,
     gspo_sequence_ratio,
+    gspo_token_ratio,
     nonconstant_groups,
     overlong_penalty,
     reinforce_pp_advantages,
@@ -90,7 +91,7 @@ __all__ = [
     "DPO_LOSS_TYPES", "dpo_loss", "expected_calibration_error", "fleiss_kappa",
     "kto_reference_point", "kto_loss", "orpo_log_odds", "orpo_loss", "simpo_loss",
     # policy-gradient variants
-    "gspo_sequence_ratio", "gspo_policy_loss", "nonconstant_groups", "overlong_penalty", "reinforce_pp_advantages",
+    "gspo_sequence_ratio", "gspo_policy_loss", "gspo_token_ratio", "nonconstant_groups", "overlong_penalty", "reinforce_pp_advantages",
     # trust region
     "flat_grad", "flat_params", "set_flat_params", "make_hvp", "hessian_vector_product",
     "conjugate_gradient", "trpo_step",

@@ -26,6 +26,7 @@ Tensor = torch.Tensor
 __all__ = [
     "gspo_sequence_ratio",
     "gspo_policy_loss",
+    "gspo_token_ratio",
     "nonconstant_groups",
     "overlong_penalty",
     "reinforce_pp_advantages",
@@ -92,6 +93,21 @@ def gspo_policy_loss(
             "ratio_mean": s.mean(),
         }
     return loss, stats
+
+
+def gspo_token_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """GSPO-token's per-token ratio (Zheng et al. 2025, eq. 14), sg = stop-gradient:
+
+        s_i,t(theta) = sg[s_i(theta)] * pi_theta(y_i,t|x, y_i,<t) / sg[pi_theta(y_i,t|x, y_i,<t)]
+
+    Its value is s_i at every token and its gradient is s_i grad log pi(y_i,t), so with one advantage per
+    sequence, clipping s_i,t per token and averaging 1/|y_i| sum_t per sequence reproduces GSPO exactly; it
+    lets per-token advantages A_i,t be used. logp, old_logp, mask (B,T) -> (B,T), 0 on padding.
+    """
+    s = gspo_sequence_ratio(logp, old_logp, mask).detach()  # (B,)
+    w, valid = _weights(mask, logp)
+    token = torch.exp(_zero_invalid(logp - logp.detach(), valid))  # (B,T), value 1, gradient grad log pi
+    return _zero_invalid(s[:, None] * token, valid)
 
 
 # ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from minirlhf.objectives import (
     group_advantages,
     gspo_policy_loss,
     gspo_sequence_ratio,
+    gspo_token_ratio,
     nonconstant_groups,
     overlong_penalty,
     ppo_policy_loss,
@@ -87,6 +88,26 @@ def test_gspo_clips_per_sequence_not_per_token():
     (grad,) = torch.autograd.grad(loss, logp)
     assert stats["clipfrac"].item() == 0.0 and stats["ratio_mean"].item() == pytest.approx(1.0, abs=1e-15)
     assert grad[0].tolist() == pytest.approx([-0.5, -0.5], abs=1e-15)  # d(-s)/d logp_t = -s/|y|
+
+
+def test_gspo_token_ratio_reproduces_gspo_with_sequence_advantages():
+    g = torch.Generator().manual_seed(5)
+    old = -2 * torch.rand(4, 3, generator=g, dtype=F64)
+    logp = (old + 0.3 * torch.randn(4, 3, generator=g, dtype=F64)).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    A = torch.tensor([1.0, 2.0, -0.5, -1.0], dtype=F64)  # s = (1.02, 1.19, 0.84, 1.03): rows 1 and 2 clip
+    lo, hi = 0.05, 0.08
+    r = gspo_token_ratio(logp, old, mask)  # (B,T)
+    s = gspo_sequence_ratio(logp, old, mask)
+    assert torch.allclose(r, s[:, None].detach() * mask, atol=1e-15)  # value: s_i on every valid token
+    # GSPO-token (eq. 13): 1/G sum_i 1/|y_i| sum_t min(s_it A_i, clip(s_it) A_i)
+    per_token = torch.minimum(r * A[:, None], r.clamp(1 - lo, 1 + hi) * A[:, None])
+    J_token = ((per_token * mask).sum(-1) / mask.sum(-1)).mean()
+    loss, stats = gspo_policy_loss(logp, old, A, mask, lo, hi)
+    assert 0 < stats["clipfrac"].item() < 1
+    (g_tok,) = torch.autograd.grad(-J_token, logp)
+    (g_seq,) = torch.autograd.grad(loss, logp)
+    assert torch.allclose(g_tok, g_seq, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- DAPO
