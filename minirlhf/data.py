@@ -1,6 +1,6 @@
 """JSONL data formats with validation, and collation into padded tensors.
 
-Three kinds of file, one JSON object per line (blank lines are skipped):
+Five kinds of file, one JSON object per line (blank lines are skipped):
 
 ``sft``         ``{"prompt": str, "response": str}``; also accepted:
                 ``{"instruction": str, "context": str, "response": str}`` (Dolly layout;
@@ -20,6 +20,10 @@ Three kinds of file, one JSON object per line (blank lines are skipped):
 ``ranking``     ``{"prompt": str, "responses": [best, ..., worst]}``: at least 2 distinct
                 strings (the input of a Plackett-Luce loss). Canonical row:
                 ``{"prompt", "responses": list[str]}``.
+``unpaired``    ``{"prompt": str, "completion": str, "label": bool}``: one completion marked
+                desirable (true) or undesirable (false), the data of KTO (Ethayarajh et al.,
+                2024, "KTO: Model Alignment as Prospect Theoretic Optimization"). "label" is
+                required. Canonical row: ``{"prompt", "completion", "label": bool}``.
 ``prompt``      a prompt to sample from, with an optional reference answer: ``{"prompt": str}``
                 plus ``"reference"`` (or ``"response"`` / ``"completion"``), or a Dolly row
                 ``{"instruction", "context", "response"}`` whose response is the reference.
@@ -50,7 +54,7 @@ import torch
 
 from minirlhf.checkpoint import atomic_write
 
-KINDS = ("sft", "preference", "ranking", "prompt")
+KINDS = ("sft", "preference", "ranking", "prompt", "unpaired")
 
 # Named preference strengths s in sigmoid(s * (r_chosen - r_rejected)).
 STRENGTHS = {"slight": 1.0, "strong": 2.0, "very strong": 3.0}
@@ -273,8 +277,19 @@ def parse_prompt_row(obj: dict) -> dict:
     return {"prompt": prompt, "reference": reference}
 
 
+def parse_unpaired_row(obj: dict) -> dict:
+    """Validate one unpaired (KTO) object -> ``{"prompt", "completion", "label"}``; label is true
+    for a desirable completion and false for an undesirable one (Ethayarajh et al. 2024)."""
+    _check_object(obj)
+    prompt = _string(obj, "prompt")
+    completion = _string(obj, "completion")
+    if "label" not in obj:
+        raise _bad("label", "missing; expected true (desirable) or false (undesirable)")
+    return {"prompt": prompt, "completion": completion, "label": _bool(obj, "label", False)}
+
+
 _PARSERS = {"sft": parse_sft_row, "preference": parse_preference_row, "ranking": parse_ranking_row,
-            "prompt": parse_prompt_row}
+            "prompt": parse_prompt_row, "unpaired": parse_unpaired_row}
 
 
 # ---------------------------------------------------------------------------
@@ -311,7 +326,7 @@ def _parse_line(raw: bytes, parse) -> dict:
 
 
 def read_jsonl(path, kind: str, on_error: str = "raise"):
-    """Read and validate a JSONL file of ``kind`` in ("sft", "preference", "ranking", "prompt").
+    """Read and validate a JSONL file of ``kind`` in ("sft", "preference", "ranking", "prompt", "unpaired").
 
     Returns ``(rows, errors)``: the canonical rows in file order and, with
     ``on_error="skip"``, one ``DataError`` per bad line (naming the line); with
@@ -373,6 +388,11 @@ def load_rankings(path, on_error: str = "raise") -> list[dict]:
 def load_prompts(path, on_error: str = "raise") -> list[dict]:
     """Rows of a prompt file, ``{"prompt", "reference"}``; see ``load_sft`` for ``on_error``."""
     return _load(path, "prompt", on_error)
+
+
+def load_unpaired(path, on_error: str = "raise") -> list[dict]:
+    """Rows of an unpaired (KTO) file, ``{"prompt", "completion", "label"}``; see ``load_sft`` for ``on_error``."""
+    return _load(path, "unpaired", on_error)
 
 
 def write_jsonl(path, rows) -> None:

@@ -56,13 +56,23 @@ from minirlhf.objectives import (
     group_advantages,
     grpo_kl_penalty,
     hessian_vector_product,
+    gspo_policy_loss,
+    gspo_sequence_ratio,
     kl_estimate,
+    kto_loss,
+    kto_reference_point,
     make_hvp,
+    nonconstant_groups,
+    orpo_log_odds,
+    orpo_loss,
+    overlong_penalty,
     plackett_luce_logprob,
     plackett_luce_loss,
     ppo_penalty_loss,
     ppo_policy_loss,
+    reinforce_pp_advantages,
     rloo_advantages,
+    simpo_loss,
     trpo_step,
     value_loss,
 )
@@ -114,6 +124,12 @@ GROUPS = {
     "trpo": "TRPO: Schulman et al. (2015); Pearlmutter (1994); Hestenes & Stiefel (1952)",
     "grpo": "GRPO: Shao et al. (2024), DeepSeekMath; RLOO: Kool et al. (2019), Ahmadian et al. (2024)",
     "bandit": "Learned policies on a bandit, exact expected gradients: the enumerated optimum",
+    "kto": "KTO: Ethayarajh, Xu, Muennighoff, Jurafsky, Kiela (2024)",
+    "orpo": "ORPO: Hong, Lee, Thorne (2024)",
+    "simpo": "SimPO: Meng, Xia, Chen (2024)",
+    "gspo": "GSPO: Zheng et al. (2025), 'Group Sequence Policy Optimization'",
+    "dapo": "DAPO: Yu et al. (2025): clip-higher, dynamic sampling, overlong reward shaping",
+    "reinforce++": "REINFORCE++: Hu (2025)",
 }
 
 
@@ -996,6 +1012,236 @@ def _bandit_k2_hand(seed):
     """pi* = pi_ref exp(r/beta) / Z gives arm 1 e / (e + 3) = 0.47536 (Rafailov et al. 2023, eq. 4): the k2 term
     (forward-KL gradient) reaches it, while GRPO's k3 term reaches 1/2 (previous row). (Does not depend on the seed.)"""
     return _pg_hand("k2")[0].item(), math.e / (math.e + 3), 1e-6
+
+
+# ============================================================================
+# Unpaired and reference-free preference losses: KTO (Ethayarajh et al. 2024), ORPO (Hong et al. 2024),
+# SimPO (Meng et al. 2024)
+
+
+@check("kto/half-lambda-at-reference", "pi = pi_ref, z0 = 0: loss = lambda_y (1 - sigmoid(0)) = lambda_y / 2: max |diff|")
+def _kto_half(seed):
+    """L_KTO = lambda_y - v(x, y), v = lambda_D sigmoid(beta (r - z0)) (desirable) or lambda_U sigmoid(beta (z0 - r))
+    (undesirable), r = log pi/pi_ref (Ethayarajh et al. 2024, eq. 8). At r = 0, z0 = 0: lambda_y / 2."""
+    g = _gen(seed, 80)
+    ref = -10 * torch.rand(6, generator=g, dtype=F64)
+    desirable = torch.tensor([True, False, True, True, False, False])
+    losses, _ = kto_loss(ref.clone(), ref, desirable, 0.0, beta=0.3, lambda_d=1.5, lambda_u=0.7)
+    expected = torch.tensor([0.75 if d else 0.35 for d in desirable.tolist()], dtype=F64)
+    return _max_abs(losses, expected), 0.0, 1e-15
+
+
+@check("kto/grad-at-reference", "... and d loss / d log pi = -lambda_D beta/4 (desirable), +lambda_U beta/4: max |diff|")
+def _kto_grad(seed):
+    """d/dr lambda_D (1 - sigmoid(beta r)) = -lambda_D beta sigmoid'(0) = -lambda_D beta / 4 at r = 0; the undesirable
+    term lambda_U (1 - sigmoid(-beta r)) gives +lambda_U beta / 4 (Ethayarajh et al. 2024, eq. 8)."""
+    g = _gen(seed, 81)
+    ref = -10 * torch.rand(6, generator=g, dtype=F64)
+    desirable = torch.tensor([True, False, True, True, False, False])
+    logp = ref.clone().requires_grad_(True)
+    losses, _ = kto_loss(logp, ref, desirable, 0.0, beta=0.3, lambda_d=1.5, lambda_u=0.7)
+    (grad,) = torch.autograd.grad(losses.sum(), logp)
+    expected = torch.tensor([-1.5 * 0.3 / 4 if d else 0.7 * 0.3 / 4 for d in desirable.tolist()], dtype=F64)
+    return _max_abs(grad, expected), 0.0, 1e-15
+
+
+@check("kto/formula", "KTO losses with z0 = max(0, mean mismatched log-ratio), random batch: max |diff|")
+def _kto_formula(seed):
+    """z0 = max(0, 1/m sum log pi(y_j|x_i)/pi_ref(y_j|x_i)) over mismatched pairs (Ethayarajh et al. 2024, section 4.1),
+    then lambda_y - v(x, y) (eq. 8), against plain Python."""
+    g = _gen(seed, 82)
+    logp, ref = -5 * torch.rand(8, generator=g, dtype=F64), -5 * torch.rand(8, generator=g, dtype=F64)
+    kl_pol, kl_ref = -5 * torch.rand(8, generator=g, dtype=F64), -5 * torch.rand(8, generator=g, dtype=F64) - 1.0
+    desirable = torch.rand(8, generator=g) < 0.5
+    beta, lam_d, lam_u = 0.5, 1.0, 1.33
+    z0 = max(0.0, math.fsum(a - b for a, b in zip(kl_pol.tolist(), kl_ref.tolist())) / 8)
+    losses, _ = kto_loss(logp, ref, desirable, kto_reference_point(kl_pol, kl_ref), beta, lam_d, lam_u)
+    expected = [lam_d * (1 - _sigmoid(beta * (a - b - z0))) if d else lam_u * (1 - _sigmoid(beta * (z0 - (a - b))))
+                for a, b, d in zip(logp.tolist(), ref.tolist(), desirable.tolist())]
+    return _max_abs(losses, torch.tensor(expected, dtype=F64)), 0.0, 1e-14
+
+
+@check("orpo/odds-ratio-enumerated", "L_OR = log(1 + odds(y_l)/odds(y_w)), P = p(y)^(1/|y|), all 72 pairs: max rel diff")
+def _orpo_enumerated(seed):
+    """odds(y) = P/(1 - P), P = exp(1/|y| sum_t log p(y_t|y_<t)), L_OR = -log sigmoid(log(odds(y_w)/odds(y_l)))
+    (Hong et al. 2024, eqs. 4, 6-7). A 2-token policy over 3 tokens: the 9 sequences' probabilities p(y1) p(y2|y1)
+    by plain products; expected: log(1 + odds_l/odds_w) from them, for every ordered pair of distinct sequences."""
+    g = _gen(seed, 83)
+    p1 = torch.softmax(torch.randn(3, generator=g, dtype=F64), 0)
+    p2 = torch.softmax(torch.randn(3, 3, generator=g, dtype=F64), 1)
+    seqs = list(itertools.product(range(3), range(3)))
+    pairs = list(itertools.permutations(seqs, 2))  # (72,)
+    mean_lp = lambda s: (p1[s[0]].log() + p2[s[0], s[1]].log()) / 2
+    chosen = torch.stack([mean_lp(w) for w, _ in pairs])
+    rejected = torch.stack([mean_lp(l) for _, l in pairs])
+    _, or_term, _ = orpo_loss(chosen, rejected, 0.0, lam=1.0)
+    err = 0.0
+    for k, (w, l) in enumerate(pairs):
+        P_w, P_l = math.sqrt(p1[w[0]].item() * p2[w].item()), math.sqrt(p1[l[0]].item() * p2[l].item())
+        expected = math.log1p((P_l / (1 - P_l)) / (P_w / (1 - P_w)))
+        err = max(err, abs(or_term[k].item() - expected) / expected)
+    return err, 0.0, 1e-12
+
+
+@check("orpo/log-odds-near-one", "log odds at P = exp(-1e-12): -1e-12 - log(-expm1(-1e-12)) to 1e-14 relative")
+def _orpo_near_one(seed):
+    """log odds = log P - log(1 - P) (Hong et al. 2024, eq. 6); forming 1 - P in float64 at P = exp(-1e-12) loses
+    about 4 digits, log(-expm1(x)) does not. Expected: the formula in math (Maechler 2012's log1mexp)."""
+    x = -1e-12
+    got = orpo_log_odds(torch.tensor([x], dtype=F64)).item()
+    expected = x - math.log(-math.expm1(x))
+    return abs(got - expected) / abs(expected), 0.0, 1e-14
+
+
+@check("simpo/formula", "SimPO loss = -log s(beta/|y_w| log pi_w - beta/|y_l| log pi_l - gamma): max |diff|")
+def _simpo_formula(seed):
+    """L_SimPO = -log sigmoid(beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma) (Meng et al. 2024, eq. 6),
+    against plain Python."""
+    g = _gen(seed, 84)
+    cw, cl = -20 * torch.rand(6, generator=g, dtype=F64), -20 * torch.rand(6, generator=g, dtype=F64)
+    lw, ll = torch.randint(1, 12, (6,), generator=g), torch.randint(1, 12, (6,), generator=g)
+    beta, gamma = 2.0, 0.5
+    losses, _, _ = simpo_loss(cw, cl, lw, ll, beta, gamma)
+    expected = [-math.log(_sigmoid(beta * a / n - beta * b / m - gamma))
+                for a, b, n, m in zip(cw.tolist(), cl.tolist(), lw.tolist(), ll.tolist())]
+    return _max_abs(losses, torch.tensor(expected, dtype=F64)), 0.0, 1e-13
+
+
+@check("simpo/length-normalised", "a response repeated twice (same per-token log-probs): same SimPO reward and loss")
+def _simpo_length(seed):
+    """r_SimPO = beta/|y| log pi(y|x) (Meng et al. 2024, eq. 4) is the mean token log-prob times beta: doubling the response
+    by repeating its tokens doubles log pi and |y|. measured: the larger of |reward change| and |loss change|,
+    and |reward - beta * mean token log-prob|."""
+    g = _gen(seed, 85)
+    t = -3 * torch.rand(5, generator=g, dtype=F64)  # per-token log-probs
+    rej = torch.tensor([-7.0], dtype=F64)
+    l1, r1, _ = simpo_loss(t.sum()[None], rej, 5, 3, beta=2.0, gamma=0.3)
+    l2, r2, _ = simpo_loss(torch.cat([t, t]).sum()[None], rej, 10, 3, beta=2.0, gamma=0.3)
+    mean = math.fsum(t.tolist()) / 5
+    return max(_max_abs(r1, r2), _max_abs(l1, l2), abs(r1.item() - 2.0 * mean)), 0.0, 1e-14
+
+
+# ============================================================================
+# Policy-gradient variants: GSPO (Zheng et al. 2025), DAPO (Yu et al. 2025), REINFORCE++ (Hu 2025)
+
+
+@check("gspo/one-token-ratio", "|y| = 1: s_i = pi/pi_old of the token; |y| = 3: (pi(y)/pi_old(y))^(1/3): max |diff|")
+def _gspo_ratio(seed):
+    """s_i = (pi(y_i|x)/pi_old(y_i|x))^(1/|y_i|) (Zheng et al. 2025, eq. 7): for one token, the token ratio (PPO's);
+    for more, the geometric mean of the token ratios. Expected from the sequence log-probs in plain Python."""
+    g = _gen(seed, 86)
+    logp, old = -3 * torch.rand(2, 3, generator=g, dtype=F64), -3 * torch.rand(2, 3, generator=g, dtype=F64)
+    s = gspo_sequence_ratio(logp, old, torch.tensor([[1, 0, 0], [1, 1, 1]]))
+    lp, lo = logp.tolist(), old.tolist()
+    expected = [math.exp(lp[0][0] - lo[0][0]), math.exp(math.fsum(lp[1]) - math.fsum(lo[1])) ** (1 / 3)]
+    return _max_abs(s, torch.tensor(expected, dtype=F64)), 0.0, 1e-14
+
+
+@check("gspo/grad-vs-written-out", "GSPO loss gradient = autograd of -mean min(s A, clip(s) A) from sequence probs")
+def _gspo_grad(seed):
+    """J_GSPO = 1/G sum_i min(s_i A_i, clip(s_i, 1 - eps_l, 1 + eps_h) A_i) (Zheng et al. 2025, eq. 5) written out on a
+    2-step policy over 3 tokens with EOS = token 0 (7 sequences, lengths 1 and 2), s_i from the sequence probabilities
+    p(y1) p(y2|y1) (plain products). eps_low and eps_high lie halfway to the smallest and largest s_i, whose
+    sequences get A < 0 and A > 0, so both are clipped while a third sequence is not (the row raises otherwise).
+    measured: max |grad of gspo_policy_loss - grad of -J| over the policy's logits."""
+    g = _gen(seed, 87)
+    seqs = [(0,)] + [(a, b) for a in (1, 2) for b in range(3)]
+    tokens = torch.tensor([s + (0,) * (2 - len(s)) for s in seqs])  # (7,2)
+    mask = torch.tensor([[1] * len(s) + [0] * (2 - len(s)) for s in seqs])  # (7,2)
+    old1, old2 = torch.randn(3, generator=g, dtype=F64), torch.randn(3, 3, generator=g, dtype=F64)
+    th1 = (old1 + 0.5 * torch.randn(3, generator=g, dtype=F64)).requires_grad_(True)
+    th2 = (old2 + 0.5 * torch.randn(3, 3, generator=g, dtype=F64)).requires_grad_(True)
+    A = torch.randn(7, generator=g, dtype=F64)
+
+    def seq_prob(t1, t2, y):
+        q1, q2 = torch.softmax(t1, 0), torch.softmax(t2, 1)
+        return q1[y[0]] if len(y) == 1 else q1[y[0]] * q2[y[0], y[1]]
+
+    s = torch.stack([(seq_prob(th1, th2, y) / seq_prob(old1, old2, y)) ** (1 / len(y)) for y in seqs])  # (7,)
+    with torch.no_grad():
+        # sum_y pi(y) = sum_y pi_old(y) = 1, so s_min < 1 < s_max (pi != pi_old); with eps halfway to them and
+        # A > 0 at s_max, A < 0 at s_min, both are clipped; a third sequence with A of the other sign is not
+        lo, hi = (1 - s.min().item()) / 2, (s.max().item() - 1) / 2
+        i_max, i_min = s.argmax().item(), s.argmin().item()
+        k = next(i for i in range(7) if i not in (i_max, i_min))
+        A[i_max], A[i_min] = A[i_max].abs() + 0.5, -A[i_min].abs() - 0.5
+        A[k] = -A[k].abs() if s[k] >= 1 else A[k].abs()
+    clipped = ((A > 0) & (s > 1 + hi)) | ((A < 0) & (s < 1 - lo))
+    if not 0 < int(clipped.sum()) < 7:
+        raise RuntimeError(f"degenerate problem: {int(clipped.sum())} of 7 sequences clipped; the row needs both regimes")
+
+    def token_logps(t1, t2):
+        lp1, lp2 = torch.log_softmax(t1, 0), torch.log_softmax(t2, 1)
+        return torch.stack([lp1[tokens[:, 0]], lp2[tokens[:, 0], tokens[:, 1]]], 1)  # (7,2)
+
+    loss, _ = gspo_policy_loss(token_logps(th1, th2), token_logps(old1, old2), A, mask, lo, hi)
+    got = torch.autograd.grad(loss, (th1, th2))
+    J = torch.minimum(s * A, torch.clamp(s, 1 - lo, 1 + hi) * A).mean()
+    want = torch.autograd.grad(-J, (th1, th2))
+    return max(_max_abs(a, b) for a, b in zip(got, want)), 0.0, 1e-13
+
+
+_DAPO_CASES = [(+1.0, 1.25),  # inside [1 - 0.2, 1 + 0.28]: not clipped (a symmetric 0.2 clip would clip it)
+               (+1.0, 1.30),  # A > 0, rho > 1.28: clipped
+               (-1.0, 0.75),  # A < 0, rho < 0.8: clipped
+               (-1.0, 1.25)]  # A < 0, rho > 1: unclipped
+
+
+@check("dapo/clip-higher-set", "eps_low 0.2, eps_high 0.28 on 4 hand cases: grad 0 exactly on the clipped 2: max |diff|")
+def _dapo_clip_higher(seed):
+    """clip(rho, 1 - eps_low, 1 + eps_high) (Yu et al. 2025, eq. 10) in PPO's min (Schulman et al. 2017, eq. 7):
+    rho = 1.25 with A > 0 stays unclipped (gradient -A rho / N), rho = 1.30 is clipped; the low side is unchanged.
+    Expected gradient per token: (-1.25/4, 0, 0, 1.25/4); measured also includes |clipfrac - 2/4|."""
+    A = torch.tensor([[a for a, _ in _DAPO_CASES]], dtype=F64)
+    old = torch.full((1, 4), -1.0, dtype=F64)
+    logp = (old + torch.tensor([[r for _, r in _DAPO_CASES]], dtype=F64).log()).requires_grad_(True)
+    loss, stats = ppo_policy_loss(logp, old, A, torch.ones(1, 4), clip_eps=0.2, clip_eps_high=0.28)
+    (grad,) = torch.autograd.grad(loss, logp)
+    expected = torch.tensor([-1.25 / 4, 0.0, 0.0, 1.25 / 4], dtype=F64)
+    return max(_max_abs(grad[0], expected), abs(stats["clipfrac"].item() - 0.5)), 0.0, 1e-15
+
+
+@check("dapo/dynamic-sampling", "nonconstant_groups on all 2^G binary groups, G = 2..5: wrong keep/drop decisions")
+def _dapo_dynamic(seed):
+    """DAPO keeps a group only if 0 < |{correct}| < G (Yu et al. 2025, eq. 11): a group that is all right or all wrong
+    has zero advantage. Exhaustive over every binary reward table; measured: the number of groups decided differently
+    from that count, or kept although their rewards are all equal."""
+    wrong = 0
+    for G in range(2, 6):
+        tables = list(itertools.product([0.0, 1.0], repeat=G))
+        keep = nonconstant_groups(torch.tensor([r for t in tables for r in t], dtype=F64), G).tolist()
+        wrong += sum(k != (0 < sum(t) < G) or (k and len(set(t)) == 1) for k, t in zip(keep, tables))
+    return float(wrong), 0.0, 0.0
+
+
+@check("dapo/overlong-breakpoints", "L_max 10, L_cache 4: penalty at |y| = 0, 6, 7, 8, 10, 11 is 0, 0, -1/4, -1/2, -1, -1")
+def _dapo_overlong(seed):
+    """R_length = 0 for |y| <= L_max - L_cache, ((L_max - L_cache) - |y|)/L_cache up to L_max, -1 beyond
+    (Yu et al. 2025, eq. 13). measured: max |diff| from the values worked by hand."""
+    got = overlong_penalty(torch.tensor([0, 6, 7, 8, 10, 11]), 10, 4)
+    return _max_abs(got, torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0, -1.0], dtype=got.dtype)), 0.0, 1e-15
+
+
+@check("reinforce++/hand-example", "REINFORCE++ advantages (plain and baseline) on a 2x3 example by hand: max |diff|")
+def _rpp_hand(seed):
+    """r_t = -beta KL_t (k1) plus the score at EOS, A_t = sum_{i >= t} r_i (gamma = 1), whitened over the valid tokens
+    of the batch (Hu 2025, section 3); the baseline variant subtracts the group-mean score first. beta = 0.5,
+    k1 = ((0.2, -0.4, 0), (0.1, 0.3, pad)), scores (1, 0): returns (1.1, 1.2, 1.0 | -0.2, -0.15); with the baseline
+    (scores 0.5, -0.5) (0.6, 0.7, 0.5 | -0.7, -0.65). Expected: those, whitened in plain Python (unbiased std)."""
+    ref = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], dtype=F64)
+    logp = ref + torch.tensor([[0.2, -0.4, 0.0], [0.1, 0.3, 5.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    scores = torch.tensor([1.0, 0.0], dtype=F64)
+
+    def whitened(xs):
+        m = math.fsum(xs) / len(xs)
+        sd = math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1) + 1e-8)
+        w = [(x - m) / sd for x in xs]
+        return torch.tensor([w[:3], w[3:] + [0.0]], dtype=F64)
+
+    err = _max_abs(reinforce_pp_advantages(scores, logp, ref, mask, 0.5), whitened([1.1, 1.2, 1.0, -0.2, -0.15]))
+    base = reinforce_pp_advantages(scores, logp, ref, mask, 0.5, group_size=2)
+    return max(err, _max_abs(base, whitened([0.6, 0.7, 0.5, -0.7, -0.65]))), 0.0, 1e-12
 
 
 # ============================================================================

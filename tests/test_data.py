@@ -18,6 +18,7 @@ from minirlhf.data import (
     load_preferences,
     load_rankings,
     load_sft,
+    load_unpaired,
     read_jsonl,
     write_jsonl,
 )
@@ -27,6 +28,7 @@ GOOD = {
     "sft": {"prompt": "p", "response": "r"},
     "preference": {"prompt": "p", "chosen": "c", "rejected": "r"},
     "ranking": {"prompt": "p", "responses": ["a", "b"]},
+    "unpaired": {"prompt": "p", "completion": "c", "label": True},
 }
 
 
@@ -97,6 +99,21 @@ def test_ranking_rows(tmp_path):
                                    {"prompt": "q", "responses": ["a", "b"]}]
 
 
+def test_unpaired_rows(tmp_path):
+    path = write_lines(tmp_path / "kto.jsonl", [
+        j({"prompt": "2+2=", "completion": "4", "label": True, "id": 3}),
+        "",
+        j({"prompt": "2+2=", "completion": "5", "label": False}),
+    ])
+    rows, errors = read_jsonl(path, "unpaired")
+    assert errors == []
+    assert rows == [{"prompt": "2+2=", "completion": "4", "label": True},
+                    {"prompt": "2+2=", "completion": "5", "label": False}]
+    assert load_unpaired(path) == rows
+    # label false is kept as False, not dropped as a missing default
+    assert [type(r["label"]) for r in rows] == [bool, bool]
+
+
 def test_crlf_bom_and_unicode(tmp_path):
     path = tmp_path / "x.jsonl"
     good = {"prompt": "héllo 日本 🙂", "response": "\u2028 ok"}
@@ -161,6 +178,14 @@ BAD = [
     ("ranking", j({"prompt": "p", "responses": ["a", ""]}), "responses[1]", "non-empty"),
     ("ranking", j({"prompt": "p", "responses": ["a", 7]}), "responses[1]", "got 7"),
     ("ranking", j({"prompt": "", "responses": ["a", "b"]}), "prompt", "non-empty"),
+    ("unpaired", j({"prompt": "p", "completion": "c"}), "label", "missing; expected true (desirable)"),
+    ("unpaired", j({"prompt": "p", "completion": "c", "label": 1}), "label", "expected true or false, got 1"),
+    ("unpaired", j({"prompt": "p", "completion": "c", "label": "true"}), "label", 'got "true"'),
+    ("unpaired", j({"prompt": "p", "completion": "c", "label": None}), "label", "got null"),
+    ("unpaired", j({"prompt": "p", "completion": "", "label": False}), "completion", "non-empty"),
+    ("unpaired", j({"prompt": "p", "response": "c", "label": False}), "completion", "missing"),
+    ("unpaired", j({"completion": "c", "label": False}), "prompt", "missing"),
+    ("unpaired", j(["p", "c", True]), None, "expected a JSON object, got array"),
 ]
 
 

@@ -131,6 +131,42 @@ def test_grpo_penalty_swapped_for_k2_fails_the_reverse_kl_rows(monkeypatch):
                       "bandit/grpo-k3-by-hand"}
 
 
+def test_kto_with_the_undesirable_sign_flipped_fails_the_kto_rows(monkeypatch):
+    real = V.kto_loss
+
+    def all_desirable(policy_logps, ref_logps, desirable, kl_ref, *a, **kw):  # ignores the labels
+        return real(policy_logps, ref_logps, torch.ones_like(desirable), kl_ref, *a, **kw)
+
+    monkeypatch.setattr(V, "kto_loss", all_desirable)
+    assert _failed(["kto/"]) == {"kto/half-lambda-at-reference", "kto/grad-at-reference", "kto/formula"}
+
+
+def test_clip_higher_ignored_fails_its_row(monkeypatch):
+    real = V.ppo_policy_loss
+    monkeypatch.setattr(V, "ppo_policy_loss", lambda *a, clip_eps_high=None, **kw: real(*a, **kw))
+    assert _failed(["dapo/clip"]) == {"dapo/clip-higher-set"}
+
+
+def test_gspo_without_length_normalisation_fails_the_gspo_rows(monkeypatch):
+    monkeypatch.setattr(V, "gspo_sequence_ratio", lambda logp, old, mask: torch.exp(((logp - old) * mask).sum(-1)))
+
+    def token_sum_ratio(logp, old_logp, adv, mask, lo, hi):  # clip the unnormalised sequence ratio
+        s = torch.exp(((logp - old_logp) * mask).sum(-1))
+        return -torch.minimum(s * adv, s.clamp(1 - lo, 1 + hi) * adv).mean(), {}
+
+    monkeypatch.setattr(V, "gspo_policy_loss", token_sum_ratio)
+    assert _failed(["gspo/"]) == {"gspo/one-token-ratio", "gspo/grad-vs-written-out"}
+
+
+def test_simpo_and_orpo_rows_catch_missing_normalisations(monkeypatch):
+    real_simpo = V.simpo_loss
+    monkeypatch.setattr(V, "simpo_loss", lambda cw, cl, lw, ll, *a, **kw: real_simpo(cw, cl, 1.0, 1.0, *a, **kw))
+    assert _failed(["simpo/"]) == {"simpo/formula", "simpo/length-normalised"}
+    # ORPO with log P instead of log odds (no - log(1 - P)): the odds ratio row fails
+    monkeypatch.setattr(V, "orpo_loss", lambda c, r, nll, lam: (None, -torch.nn.functional.logsigmoid(c - r), None))
+    assert _failed(["orpo/odds"]) == {"orpo/odds-ratio-enumerated"}
+
+
 def test_trpo_step_that_overshoots_the_trust_region_fails(monkeypatch):
     real = V.trpo_step
     monkeypatch.setattr(V, "trpo_step", lambda params, s, k, max_kl, **kw: real(params, s, k, 4 * max_kl, **kw))

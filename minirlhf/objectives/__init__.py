@@ -2,7 +2,9 @@
 
 policy.py       log-probs, entropy, KL estimators, GAE, PPO losses, KL controllers, critic loss,
                 GRPO / RLOO / batch baselines
-preference.py   Bradley-Terry, Davidson ties, Plackett-Luce, DPO / cDPO / IPO / hinge, ECE, Fleiss' kappa
+preference.py   Bradley-Terry, Davidson ties, Plackett-Luce, DPO / cDPO / IPO / hinge, KTO, ORPO, SimPO,
+                ECE, Fleiss' kappa
+pg_variants.py  GSPO's sequence ratio, loss and token ratio, DAPO's dynamic sampling and overlong penalty, REINFORCE++
 trust_region.py flat gradients, Hessian-vector products, conjugate gradient, the TRPO step
 surrogates.py   TRPO's importance-sampled surrogate, the REINFORCE loss (RLOO)
 lm.py           the next-token (pretraining / SFT) loss
@@ -41,8 +43,21 @@ from .preference import (
     dpo_loss,
     expected_calibration_error,
     fleiss_kappa,
+    kto_loss,
+    kto_reference_point,
+    orpo_log_odds,
+    orpo_loss,
     plackett_luce_logprob,
     plackett_luce_loss,
+    simpo_loss,
+)
+from .pg_variants import (
+    gspo_policy_loss,
+    gspo_sequence_ratio,
+    gspo_token_ratio,
+    nonconstant_groups,
+    overlong_penalty,
+    reinforce_pp_advantages,
 )
 from .lm import next_token_loss
 from .rlhf import kl_penalized_rewards, last_valid_index
@@ -74,6 +89,9 @@ __all__ = [
     "davidson_log_probs", "davidson_probs", "davidson_tie_loss",
     "plackett_luce_logprob", "plackett_luce_loss",
     "DPO_LOSS_TYPES", "dpo_loss", "expected_calibration_error", "fleiss_kappa",
+    "kto_reference_point", "kto_loss", "orpo_log_odds", "orpo_loss", "simpo_loss",
+    # policy-gradient variants
+    "gspo_sequence_ratio", "gspo_policy_loss", "gspo_token_ratio", "nonconstant_groups", "overlong_penalty", "reinforce_pp_advantages",
     # trust region
     "flat_grad", "flat_params", "set_flat_params", "make_hvp", "hessian_vector_product",
     "conjugate_gradient", "trpo_step",

@@ -16,6 +16,7 @@ Papers, in the order the functions appear:
   training: a critical perspective" (Dr. GRPO).
 - Kool, van Hoof, Welling (2019), "Buy 4 REINFORCE samples, get a baseline for free!";
   Ahmadian et al. (2024), "Back to basics: revisiting REINFORCE style optimization ..." (RLOO).
+- Yu et al. (2025), "DAPO: An open-source LLM reinforcement learning system at scale" (clip-higher).
 """
 
 from __future__ import annotations
@@ -311,6 +312,7 @@ def ppo_policy_loss(
     clip_eps: float = 0.2,
     loss_agg: str = "token_mean",
     max_len: int | None = None,
+    clip_eps_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO-Clip loss, the negated clipped surrogate of Schulman et al. 2017, eq. 7:
 
@@ -320,19 +322,26 @@ def ppo_policy_loss(
     logp, old_logp, advantages, mask: (B,T). old_logp and advantages are treated as constants.
     loss_agg picks the reduction (see aggregate_loss; default the masked token mean).
 
+    clip_eps_high: DAPO's clip-higher (Yu et al. 2025, eq. 10): clip(rho, 1 - eps_low, 1 + eps_high) with
+    eps_low = clip_eps; the paper uses 0.2 and 0.28, so low-probability tokens with A > 0 can grow
+    further. None (default) is the symmetric clip, eps_high = clip_eps.
+
     stats (detached 0-dim tensors; call float() to log them):
         clipfrac   share of valid tokens where the clipped term is taken and differs from the
                    unclipped one, i.e. where the clip zeroes the gradient
-                   (A > 0 and rho > 1 + eps, or A < 0 and rho < 1 - eps)
+                   (A > 0 and rho > 1 + eps_high, or A < 0 and rho < 1 - eps)
         approx_kl  masked mean of k3 = (rho - 1) - log rho, an estimate of KL(pi_old || pi)
         ratio_mean masked mean of rho
     """
     if not clip_eps > 0:
         raise ValueError(f"clip_eps: expected > 0, got {clip_eps}")
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    if not eps_high > 0:
+        raise ValueError(f"clip_eps_high: expected > 0 or None, got {clip_eps_high}")
     w, _, log_ratio, adv = _ratio_inputs(logp, old_logp, advantages, mask)
     ratio = torch.exp(log_ratio)  # (B,T)
     unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + eps_high)
     per_token = torch.maximum(unclipped, clipped)  # (B,T)
     loss = aggregate_loss(per_token, w, loss_agg, max_len)
     with torch.no_grad():

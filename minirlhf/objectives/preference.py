@@ -13,6 +13,10 @@ Papers:
   noisy preferences & relationship to IPO" (conservative DPO / label smoothing); Azar et al. (2023),
   "A general theoretical paradigm to understand learning from human preferences" (IPO);
   Zhao et al. (2023), "SLiC-HF" (hinge loss).
+- Ethayarajh, Xu, Muennighoff, Jurafsky, Kiela (2024), "KTO: Model alignment as prospect theoretic
+  optimization" (KTO, unpaired desirable / undesirable completions).
+- Hong, Lee, Thorne (2024), "ORPO: Monolithic preference optimization without reference model".
+- Meng, Xia, Chen (2024), "SimPO: Simple preference optimization with a reference-free reward".
 - Guo, Pleiss, Sun, Weinberger (2017), "On calibration of modern neural networks" (ECE).
 - Fleiss (1971), "Measuring nominal scale agreement among many raters" (Fleiss' kappa).
 """
@@ -39,6 +43,11 @@ __all__ = [
     "plackett_luce_loss",
     "DPO_LOSS_TYPES",
     "dpo_loss",
+    "kto_reference_point",
+    "kto_loss",
+    "orpo_log_odds",
+    "orpo_loss",
+    "simpo_loss",
     "expected_calibration_error",
     "fleiss_kappa",
 ]
@@ -232,6 +241,140 @@ def dpo_loss(
     else:  # hinge
         losses = torch.relu(1.0 - beta * h)
     return losses, (beta * chosen_logratios).detach(), (beta * rejected_logratios).detach()
+
+
+# ----------------------------------------------------------------------------
+# KTO (Ethayarajh et al. 2024): unpaired desirable / undesirable completions
+
+
+def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
+    """KTO's reference point z_0 = KL(pi_theta(y'|x) || pi_ref(y'|x)), estimated on the batch
+    (Ethayarajh et al. 2024, section 4.1):
+
+        z_hat_0 = max(0, 1/m sum_i log pi_theta(y_j|x_i) / pi_ref(y_j|x_i)),   j != i
+
+    from MISMATCHED pairs: each prompt x_i with the completion y_j of another example of the batch
+    (TRL shifts the completions by one), so the estimate is about the policy, not about how well it fits
+    the labelled y_i. Clamped at 0 (a KL is >= 0) and detached: no gradient flows through z_0. Under data
+    parallelism average the log-ratio over all ranks before clamping. (m,) each -> 0-dim tensor.
+    """
+    check_ndim("policy_kl_logps", policy_kl_logps, 1, "(m,)")
+    check_same_shape(policy_kl_logps=policy_kl_logps, ref_kl_logps=ref_kl_logps)
+    if policy_kl_logps.numel() == 0:
+        raise ValueError("policy_kl_logps: expected at least one mismatched pair")
+    return (policy_kl_logps - ref_kl_logps).detach().mean().clamp_min(0.0)
+
+
+def kto_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    desirable: Tensor,
+    kl_ref,
+    beta: float = 0.1,
+    lambda_d: float = 1.0,
+    lambda_u: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """The Kahneman-Tversky optimisation loss (Ethayarajh et al. 2024, eq. 8), per example:
+
+        r_theta(x, y) = log pi_theta(y|x) / pi_ref(y|x)
+        v(x, y) = lambda_D sigmoid(beta (r_theta(x, y) - z_0))   if y is desirable
+                  lambda_U sigmoid(beta (z_0 - r_theta(x, y)))   if y is undesirable
+        L_KTO   = E_{x,y}[ lambda_y - v(x, y) ]
+
+    policy_logps, ref_logps: log-probs summed over the completion tokens, (B,); desirable: bool (B,);
+    kl_ref: z_0 (see kto_reference_point), a float, 0-dim or (B,) tensor, treated as a constant.
+    The paper recommends lambda_D n_D / (lambda_U n_U) in [1, 4/3] (n_D, n_U: desirable and undesirable
+    counts). Returns (losses (B,), rewards (B,) = beta r_theta, detached); average the losses yourself.
+    At pi = pi_ref with z_0 = 0 every loss is lambda_y / 2, and d loss / d log pi = -lambda_D beta / 4
+    (desirable) or +lambda_U beta / 4 (undesirable).
+    """
+    check_ndim("policy_logps", policy_logps, 1, "(B,)")
+    check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps, desirable=desirable)
+    if desirable.dtype != torch.bool:
+        raise ValueError(f"desirable: expected a bool tensor (True = desirable), got dtype {desirable.dtype}")
+    for name, value in (("beta", beta), ("lambda_d", lambda_d), ("lambda_u", lambda_u)):
+        if not value > 0:
+            raise ValueError(f"{name}: expected > 0, got {value}")
+    z0 = _coef("kl_ref", kl_ref, policy_logps).detach()
+    if not bool(torch.isfinite(z0).all()):
+        raise ValueError("kl_ref: expected a finite reference point")
+    r = policy_logps - ref_logps.detach()  # (B,)
+    v = torch.where(desirable, lambda_d * torch.sigmoid(beta * (r - z0)), lambda_u * torch.sigmoid(beta * (z0 - r)))
+    lam = torch.where(desirable, torch.full_like(r, lambda_d), torch.full_like(r, lambda_u))  # (B,)
+    return lam - v, (beta * r).detach()
+
+
+# ----------------------------------------------------------------------------
+# ORPO (Hong et al. 2024): odds ratio on length-normalised probabilities, no reference model
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate everywhere (Maechler 2012): log(-expm1(x)) near 0,
+    log1p(-exp(x)) far from it."""
+    near = x > -math.log(2.0)
+    safe_near = torch.where(near, x, torch.full_like(x, -1.0))  # keeps the unused branch finite
+    safe_far = torch.where(near, torch.full_like(x, -1.0), x)
+    return torch.where(near, torch.log(-torch.expm1(safe_near)), torch.log1p(-torch.exp(safe_far)))
+
+
+def orpo_log_odds(logps_mean: Tensor) -> Tensor:
+    """log odds_theta(y|x) = log P - log(1 - P), P = exp(1/m sum_t log P_theta(y_t|x, y_<t))
+    (Hong et al. 2024, eq. 4: P is the length-normalised, i.e. per-token geometric mean, probability).
+    logps_mean (B,) must be <= 0; 0 (P = 1) gives +inf. Computed without forming 1 - P."""
+    if bool((logps_mean > 0).any()) or bool(torch.isnan(logps_mean).any()):
+        raise ValueError("logps_mean: expected mean token log-probs <= 0 (log of a probability)")
+    return logps_mean - _log1mexp(logps_mean)
+
+
+def orpo_loss(chosen_logps_mean: Tensor, rejected_logps_mean: Tensor, nll_chosen, lam: float = 0.1
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """ORPO's objective (Hong et al. 2024, eqs. 6-7):
+
+        odds_theta(y|x) = P_theta(y|x) / (1 - P_theta(y|x))
+        L_OR   = -log sigmoid( log( odds_theta(y_w|x) / odds_theta(y_l|x) ) )
+        L_ORPO = E[ L_SFT + lambda L_OR ]
+
+    chosen_logps_mean, rejected_logps_mean: mean token log-probs of y_w and y_l, (B,); nll_chosen: the
+    SFT negative log-likelihood of y_w, (B,) or a scalar (e.g. next_token_loss on the chosen tokens).
+    Returns (losses (B,) = L_SFT + lam L_OR, or_term (B,) = L_OR, log_odds_ratio (B,), detached).
+    """
+    _pair(chosen_logps_mean, rejected_logps_mean, ("chosen_logps_mean", "rejected_logps_mean"))
+    if not lam >= 0:
+        raise ValueError(f"lam: expected >= 0, got {lam}")
+    nll = torch.as_tensor(nll_chosen, dtype=chosen_logps_mean.dtype, device=chosen_logps_mean.device)
+    if nll.dim() != 0 and nll.shape != chosen_logps_mean.shape:
+        raise ValueError(f"nll_chosen: expected a scalar or shape {tuple(chosen_logps_mean.shape)}, got {tuple(nll.shape)}")
+    log_odds_ratio = orpo_log_odds(chosen_logps_mean) - orpo_log_odds(rejected_logps_mean)  # (B,)
+    or_term = -F.logsigmoid(log_odds_ratio)  # (B,)
+    return nll + lam * or_term, or_term, log_odds_ratio.detach()
+
+
+# ----------------------------------------------------------------------------
+# SimPO (Meng et al. 2024): length-normalised reward, target margin, no reference model
+
+
+def simpo_loss(chosen_logps_sum: Tensor, rejected_logps_sum: Tensor, chosen_len, rejected_len,
+               beta: float = 2.0, gamma: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """SimPO (Meng et al. 2024, eq. 6):
+
+        r_SimPO(x, y) = beta / |y| log pi_theta(y|x)
+        L_SimPO = -log sigmoid( beta/|y_w| log pi_theta(y_w|x) - beta/|y_l| log pi_theta(y_l|x) - gamma )
+
+    chosen_logps_sum, rejected_logps_sum: log-probs summed over the response tokens, (B,);
+    chosen_len, rejected_len: the token counts |y| (> 0), (B,) tensors or scalars; gamma is the target
+    reward margin (in reward units; the paper's gamma, not TRL's gamma/beta ratio). Returns
+    (losses (B,), chosen_rewards (B,), rejected_rewards (B,)), the rewards detached.
+    """
+    _pair(chosen_logps_sum, rejected_logps_sum, ("chosen_logps_sum", "rejected_logps_sum"))
+    if not beta > 0:
+        raise ValueError(f"beta: expected > 0, got {beta}")
+    len_w = _coef("chosen_len", chosen_len, chosen_logps_sum, low=0.0, strict_low=True)
+    len_l = _coef("rejected_len", rejected_len, chosen_logps_sum, low=0.0, strict_low=True)
+    gamma_t = _coef("gamma", gamma, chosen_logps_sum)
+    chosen_rewards = beta * chosen_logps_sum / len_w  # (B,)
+    rejected_rewards = beta * rejected_logps_sum / len_l  # (B,)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma_t)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
 # ----------------------------------------------------------------------------
