@@ -34,6 +34,7 @@ COMMANDS = {
     "verify": ("minirlhf.verify", "VerifyConfig", "verify_cli", "the closed-form report: every objective against its exact answer"),
     "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
     "import": ("minirlhf.importing", "ImportConfig", "import_cli", "a Hugging Face GPT-2 folder -> a model folder for --init"),
+    "report": ("minirlhf.report", "ReportConfig", "report", "run folders as one self-contained HTML page: config, curves, samples"),
 }
 # commands whose first argument may be given without its flag: `minirlhf import PATH --out DIR`
 POSITIONAL = {"import": "path"}
