@@ -74,13 +74,17 @@ def chart_keys(rows: Sequence[dict], wanted: Sequence[str] = (), limit: int = 24
     return list(dict.fromkeys(keys))[:limit]
 
 
+# a pipeline folder's stages, shown in the order they run (other folders follow, by name)
+_STAGES = ("pretrain", "sft", "prefs", "collect", "rm", "ppo", "trpo", "grpo", "rloo", "dpo")
+
+
 def _is_run(path: Path) -> bool:
     return any((path / name).is_file() for name in (METRICS_FILE, "config.json", SAMPLES_FILE))
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
     """The run folders `path` stands for: itself if it holds a run, else the runs one or two levels down
-    (sorted). A missing folder, or one with no run in it, is an error."""
+    (a pipeline's stages in the order they run, then the rest by name). A missing folder, or one with no run in it, is an error."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run folder")
@@ -91,10 +95,11 @@ def find_runs(path: str | os.PathLike) -> list[Path]:
     runs = [p for p in sorted(path.iterdir()) if p.is_dir() and _is_run(p)]
     runs += [q for p in sorted(path.iterdir()) if p.is_dir() and not _is_run(p)
              for q in sorted(p.iterdir()) if q.is_dir() and _is_run(q)]
+    runs = sorted(runs, key=lambda p: (str(p.parent), _STAGES.index(p.name) if p.name in _STAGES else len(_STAGES), p.name))
     if not runs:
         raise ValueError(f"{path}: holds no run (no {METRICS_FILE}, config.json or {SAMPLES_FILE} in it "
                          "or in its subfolders)")
-    return sorted(runs)
+    return runs
 
 
 # ----------------------------------------------------------------------------
@@ -302,7 +307,7 @@ margin:0 4px;background:linear-gradient(to right,rgba(214,39,40,.85),rgba(255,25
 .resp{white-space:pre-wrap;font-family:monospace;line-height:1.8}
 .tok{border-radius:2px;padding:1px 0;outline:1px solid rgba(0,0,0,.06);cursor:default}
 .tok:hover{outline:1px solid #000}.warn summary{color:#a60}
-nav a{margin-right:1em}
+nav{display:flex;flex-wrap:wrap;gap:.3em 1em}
 """
 
 _JS = r"""
