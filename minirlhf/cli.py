@@ -20,8 +20,9 @@ import sys
 from dataclasses import dataclass, field
 
 from minirlhf.stages import COMMANDS  # command -> (module, config class, function, help)
-# commands whose first argument may be given without its flag: `minirlhf import PATH --out DIR`
-POSITIONAL = {"import": "path"}
+# commands whose first argument(s) may be given without the flag: `minirlhf import PATH --out DIR`,
+# `minirlhf report RUN_DIR [RUN_DIR ...]`
+POSITIONAL = {"import": "path", "report": "runs"}
 
 
 @dataclass

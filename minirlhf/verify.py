@@ -47,6 +47,8 @@ from typing import Callable, Iterable
 import torch
 
 from minirlhf.objectives import (
+    best_of_n_distribution,
+    best_of_n_kl,
     bradley_terry_loss,
     conjugate_gradient,
     davidson_probs,
@@ -123,6 +125,7 @@ GROUPS = {
     "bt": "Bradley & Terry (1952); Plackett (1975), Luce (1959); Davidson (1970)",
     "trpo": "TRPO: Schulman et al. (2015); Pearlmutter (1994); Hestenes & Stiefel (1952)",
     "grpo": "GRPO: Shao et al. (2024), DeepSeekMath; RLOO: Kool et al. (2019), Ahmadian et al. (2024)",
+    "bon": "Best-of-n: Stiennon et al. (2020); Beirami et al. (2024), 'Theoretical guarantees on the best-of-n alignment policy'",
     "bandit": "Learned policies on a bandit, exact expected gradients: the enumerated optimum",
     "kto": "KTO: Ethayarajh, Xu, Muennighoff, Jurafsky, Kiela (2024)",
     "orpo": "ORPO: Hong, Lee, Thorne (2024)",
@@ -899,6 +902,49 @@ def _grpo_k2_grad(seed):
     g2 = _expected_term_grad(theta, lambda logp: kl_estimate(logp, ref_logp, "k2"))
     g1 = _expected_term_grad(theta, lambda logp: kl_estimate(logp, ref_logp, "k1"))
     return max(_max_abs(g2, _kl_grad(theta, ref_logp, reverse=False)), g1.abs().max().item()), 0.0, 1e-12
+
+
+# ============================================================================
+# Best-of-n
+
+
+def _bon_problem(seed: int, salt: int, K: int = 5):
+    """A categorical pi (K,) and integer rewards (K,) in {0, 1, 2}: ties are likely."""
+    g = _gen(seed, salt)
+    return _categorical(g, K, 1.5), torch.randint(0, 3, (K,), generator=g).to(F64)
+
+
+def _bon_enumerated(p: list[float], r: list[float], n: int) -> list[float]:
+    """pi_bon by a plain-Python loop over all K^n tuples of draws; the best reward wins and a tie goes to
+    one of the tied draws uniformly at random."""
+    out = [0.0] * len(p)
+    for draws in itertools.product(range(len(p)), repeat=n):
+        prob = math.prod(p[i] for i in draws)
+        best = max(r[i] for i in draws)
+        winners = [i for i in draws if r[i] == best]
+        for i in winners:
+            out[i] += prob / len(winners)
+    return out
+
+
+@check("bon/distribution-vs-enumeration", "best_of_n_distribution (n=4, 5 outcomes, tied rewards) against "
+       "all 5^4 tuples: max |diff|")
+def _bon_enumeration(seed):
+    """Best-of-n draws y_1..y_n ~ pi and keeps the one with the highest reward (Stiennon et al. 2020); for
+    distinct rewards pi_bon(y) = F(r_y)^n - F(r_y^-)^n (Beirami et al. 2024), tied outcomes share their
+    class's mass in proportion to pi. Expected: enumeration of every n-tuple, ties split uniformly."""
+    p, r = _bon_problem(seed, 90)
+    expected = torch.tensor(_bon_enumerated(p.tolist(), r.tolist(), 4), dtype=F64)
+    return _max_abs(best_of_n_distribution(p, r, 4), expected), 0.0, 1e-12
+
+
+@check("bon/kl-below-log-n-bound", "exact KL(pi_bon || pi), 8 outcomes with distinct rewards, n=8, against log n - (n-1)/n", "<=")
+def _bon_kl_bound(seed):
+    """KL(pi_bon || pi) <= log n - (n-1)/n, the value commonly quoted for best-of-n (Stiennon et al. 2020),
+    shown to be an upper bound by Beirami et al. (2024); it is reached only when no reward value has
+    positive probability. Expected: the bound in plain Python."""
+    p, r = _bon_problem(seed, 91, K=8)
+    return best_of_n_kl(p, r + torch.arange(8, dtype=F64) / 10, 8).item(), math.log(8) - 7 / 8, 0.0
 
 
 # ============================================================================

@@ -8,6 +8,7 @@ pg_variants.py  GSPO's sequence ratio, loss and token ratio, DAPO's dynamic samp
 trust_region.py flat gradients, Hessian-vector products, conjugate gradient, the TRPO step
 surrogates.py   TRPO's importance-sampled surrogate, the REINFORCE loss (RLOO)
 lm.py           the next-token (pretraining / SFT) loss
+best_of_n.py    the best-of-n policy: exact distribution and KL on a finite outcome set, log n - (n-1)/n
 stats.py        masked sums, means, variances, whitening, explained variance
 """
 
@@ -59,6 +60,7 @@ from .pg_variants import (
     overlong_penalty,
     reinforce_pp_advantages,
 )
+from .best_of_n import best_of_n_distribution, best_of_n_kl, best_of_n_kl_bound
 from .lm import next_token_loss
 from .rlhf import kl_penalized_rewards, last_valid_index
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, whiten
@@ -97,4 +99,6 @@ __all__ = [
     "conjugate_gradient", "trpo_step",
     # surrogates
     "trpo_surrogate", "reinforce_loss",
+    # best-of-n
+    "best_of_n_kl_bound", "best_of_n_distribution", "best_of_n_kl",
 ]
