@@ -165,11 +165,6 @@ def test_chart_keys_pick_the_main_metrics():
 
 
 def test_positional_run_folder(tmp_path):
-    from minirlhf import cli
-
-    if "report" not in cli.POSITIONAL:
-        pytest.skip("`minirlhf report DIR` needs POSITIONAL['report'] = 'runs' in minirlhf/cli.py; "
-                    "until then the folders go after --runs")
     run = make_run(tmp_path / "run")
     done = _cli(run)
     assert done.returncode == 0, done.stderr

@@ -39,7 +39,7 @@ from minirlhf.objectives import (aggregate_loss, broadcast_to_tokens, entropy_fr
 from minirlhf.policies import ActorCritic
 from minirlhf.rollout import Rollout
 from minirlhf.trainers.common import OptimConfig, RunConfig
-from minirlhf.trainers.rl_run import RLConfig, RLRun, gradient_step, group_metrics, minibatches
+from minirlhf.trainers.rl_run import RLConfig, RLRun, gradient_step, group_metrics, minibatches, score_at_last_token
 
 
 @dataclass
@@ -129,8 +129,9 @@ def grpo(cfg: GRPOConfig) -> dict:
         with run.timer("update"):
             stats = grpo_update(cfg, actor, optimizer, rollout, advantages, run.max_new_tokens, run.shuffle, run, it,
                                 run.dist)
-        kl_ref = (grpo_kl_penalty(rollout.logprobs, rollout.ref_logprobs) * rollout.mask).sum(-1)  # (N,)
-        local = {"reward/mean": float(rollout.scores.mean()), "kl": float(kl_ref.mean()),
+        kl_tokens = grpo_kl_penalty(rollout.logprobs, rollout.ref_logprobs) * rollout.mask  # (N,R)
+        local = {"reward/mean": float(rollout.scores.mean()), "kl": float(kl_tokens.sum(-1).mean()),
                  **group_metrics(rollout.scores, G)}
-        run.log(it, local, **stats)
+        run.log(it, local, **stats, per_token={"advantage": advantages, "kl": kl_tokens,
+                                              "reward": score_at_last_token(rollout)})
     return run.finish()

@@ -186,5 +186,6 @@ def ppo(cfg: PPOConfig) -> dict:
                  "kl": float(seq_kl.mean())}
         if rollout.values is not None and returns is not None:
             local["explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
-        run.log(it, local, kl_coef=beta, **stats)
+        run.log(it, local, kl_coef=beta, **stats,
+                per_token={"advantage": advantages, "kl": kl, "value": rollout.values, "reward": rewards})
     return run.finish()

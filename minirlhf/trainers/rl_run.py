@@ -35,6 +35,7 @@ from minirlhf.objectives import (AdaptiveKLController, FixedKLController, batch_
                                  broadcast_to_tokens, gae, kl_estimate, kl_penalized_rewards)
 from minirlhf.policies import ActorCritic, policy_and_reference
 from minirlhf.rollout import Rollout, build_scorer, draw_prompts, make_rollout
+from minirlhf.samples import SAMPLES_FILE, drop_samples_after, sample_rows, token_strings, write_samples
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm, lr_at,
                                       make_optimizer, resolve_task, set_lr)
@@ -58,6 +59,9 @@ class RLConfig:
     missing_eos_penalty: float | None = field(default=-1.0, metadata={"help": "score of a response with no EOS (none: off)"})
     eval_every: int = 10
     eval_prompts: int = 300
+    log_samples: int = field(default=8, metadata={
+        "help": "responses written with their per-token advantage, KL, value and reward to samples.jsonl at the "
+                "first iteration and at each evaluation (read by `minirlhf report`; 0: none)"})
 
 
 @dataclass
@@ -175,6 +179,12 @@ def rollout_metrics(rollout: Rollout, task) -> dict:
     }
 
 
+def score_at_last_token(rollout: Rollout) -> torch.Tensor:
+    """(B,R): each response's score at its last token, 0 elsewhere (the reward of a trainer whose KL
+    term is in the loss, not in the reward)."""
+    return kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, 0.0)[0]
+
+
 def group_metrics(scores: torch.Tensor, group_size: int) -> dict:
     """How much learning signal a batch of groups holds. group/zero_std_share: the share of groups whose
     G rewards are all equal (a group baseline gives them zero advantage: no gradient); group/reward_std:
@@ -249,6 +259,8 @@ class RLRun:
         """Yield (iteration, this rank's prompts) from the first iteration not yet done (resume), after
         evaluating the starting policy. Prompts are drawn globally, then sharded."""
         start, _ = self.run.restore()
+        if start > 0 and self.is_main:  # samples logged after the checkpoint are written again
+            drop_samples_after(self.run.out / SAMPLES_FILE, start)
         reward = "verifier" if self.rm is None else self.cfg.reward
         print(f"[{self.name}] {self.task.name}: policy {trainable_summary(self.policy)}; reward {reward}; "
               f"{self.cfg.iterations} iterations x {describe or f'{prompts_per_iteration} prompts'}")
@@ -274,18 +286,36 @@ class RLRun:
                                      cfg.missing_eos_penalty, values, keep_logits, self.autocast, self.timer)
         return self._rollout
 
-    def log(self, it: int, local: dict, **shared) -> None:
+    def log(self, it: int, local: dict, per_token: dict | None = None, **shared) -> None:
         """Log one iteration: the last rollout's metrics and ``local`` (this rank's values, averaged over
         ranks), ``shared`` (the same on every rank), the phase timers, and the held-out evaluation every
-        ``eval_every`` iterations and at the end; then a checkpoint when one is due."""
+        ``eval_every`` iterations and at the end; then a checkpoint when one is due.
+
+        ``per_token``: (B,R) tensors of the last rollout named "advantage", "kl", "value", "reward";
+        at the first iteration and at each evaluation, ``log_samples`` responses are written with
+        them to ``<out>/samples.jsonl``."""
         rollout_local = rollout_metrics(self._rollout, self.task)
         metrics = {**{k: global_mean(v, self.dist) for k, v in {**rollout_local, **local}.items()},
                    **({"lr": self.lr} if self._optimizer is not None else {}), **shared, **self.timer.as_metrics()}
-        if (it % self.cfg.eval_every == 0 or it == self.cfg.iterations) and self.is_main:
+        evaluating = it % self.cfg.eval_every == 0 or it == self.cfg.iterations
+        if evaluating and self.is_main:
             self.last_eval = self.evaluate()
             metrics.update(self.last_eval)
+        if (evaluating or it == 1) and self.is_main and per_token and self.cfg.log_samples > 0:
+            self.write_samples(it, per_token)
         self.run.log(it, metrics)
         self.run.maybe_save(it, self.cfg.iterations)
+
+    def write_samples(self, it: int, per_token: dict) -> None:
+        """The first ``log_samples`` responses of the last rollout with their per-token numbers."""
+        r, n = self._rollout, self.cfg.log_samples
+        response = r.input_ids[:n, r.prompt_width :]
+        tokens = [token_strings(self.tokenizer, ids[m.bool()].tolist()) for ids, m in zip(response, r.mask[:n])]
+        rows = sample_rows(r.prompts[:n], r.responses[:n], tokens, r.scores[:n], r.mask[:n],
+                           **{key: (None if t is None else t[:n]) for key, t in (
+                               ("advantages", per_token.get("advantage")), ("kl", per_token.get("kl")),
+                               ("values", per_token.get("value")), ("rewards", per_token.get("reward")))})
+        write_samples(self.run.out / SAMPLES_FILE, it, rows)
 
     def evaluate(self) -> dict:
         return evaluate(self.policy, self.task, self.tokenizer, self.template, self.cfg.eval_prompts, self.cfg.run.seed)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from minirlhf.config import ConfigError
-from minirlhf.objectives import (entropy_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
+from minirlhf.objectives import (broadcast_to_tokens, entropy_from_logits, kl_penalized_rewards, logprobs_from_logits, masked_mean,
                                  reinforce_loss, rloo_advantages)
 from minirlhf.policies import ActorCritic
 from minirlhf.trainers.common import OptimConfig, RunConfig
@@ -83,5 +83,6 @@ def rloo(cfg: RLOOConfig) -> dict:
                  "kl": float(seq_kl.mean()), "loss/policy": float(loss.detach()),
                  "entropy": float(masked_mean(entropy_from_logits(logits.detach()), rollout.mask)),
                  **group_metrics(rollout.scores, k)}
-        run.log(it, local, grad_norm=grad_norm)
+        run.log(it, local, grad_norm=grad_norm, per_token={"advantage": broadcast_to_tokens(advantages, rollout.mask),
+                                                          "kl": kl, "reward": rewards})
     return run.finish()

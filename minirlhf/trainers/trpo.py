@@ -178,5 +178,6 @@ def trpo(cfg: TRPOConfig) -> dict:
         if returns is not None:
             local["explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
         trust_region = {("kl_old_new" if k == "kl" else k): v for k, v in stats.items()}  # the trust-region KL (global)
-        run.log(it, local, kl_coef=beta, **trust_region, **critic_stats)
+        run.log(it, local, kl_coef=beta, **trust_region, **critic_stats,
+                per_token={"advantage": advantages, "kl": kl_ref, "value": rollout.values, "reward": rewards})
     return run.finish()

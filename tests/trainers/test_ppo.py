@@ -221,3 +221,36 @@ def test_a_critic_from_the_reward_model_starts_on_the_scale_of_the_rewards_it_pr
     expected = (raw - 0.7) / 2.5 if normalize else raw
     torch.testing.assert_close(seen["values"] * r.mask, expected * r.mask, rtol=0, atol=1e-5)
 
+
+
+def test_ppo_writes_samples_whose_numbers_fit_together(sft_model, tmp_path):
+    """samples.jsonl at the first iteration and at each evaluation, resumed runs included: per response,
+    one number per token, and the numbers obey the reward they were built from,
+    sum_t reward_t = score - beta * sum_t kl_t; with gamma = lambda = 1 and no whitening,
+    advantage_t + value_t = the rewards from t to the end (GAE with lambda = 1 is the Monte-Carlo return)."""
+    from minirlhf.samples import read_samples
+
+    cfg = ppo_cfg(sft_model, tmp_path / "ppo", iterations=4, eval_every=2, lam=1.0, whiten_advantages=False,
+                  log_samples=3)
+    cfg.kl.adaptive = False
+    ppo(cfg)
+    rows, problems = read_samples(tmp_path / "ppo")
+    assert problems == [] and [r["step"] for r in rows] == [1] * 3 + [2] * 3 + [4] * 3
+    metrics = {r["step"]: r for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl")}
+    for row in rows:
+        n = len(row["tokens"])
+        assert n > 0 and all(len(row[k]) == n for k in ("advantage", "kl", "value", "reward"))
+        beta = metrics[row["step"]]["kl_coef"]
+        assert abs(sum(row["reward"]) - (row["score"] - beta * sum(row["kl"]))) < 1e-4
+        to_go = [sum(row["reward"][t:]) for t in range(n)]
+        assert all(abs(a + v - g) < 1e-4 for a, v, g in zip(row["advantage"], row["value"], to_go))
+    # and `minirlhf report` shows them: the command line on the run folder, one self-contained page
+    import html
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "minirlhf.cli", "report", str(tmp_path / "ppo")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "ppo" / "report.html").read_text()
+    assert html.escape(rows[-1]["prompt"]) in page and "<svg" in page and "http://" not in page
