@@ -34,9 +34,10 @@ import torch
 
 from minirlhf.checkpoint import atomic_write_text
 from minirlhf.config import from_dict, save_config, to_dict, validate_ranges
+from minirlhf.stages import STAGES as REGISTRY
 
-ALGORITHMS = ("ppo", "trpo", "grpo", "rloo", "dpo")
-STAGES = ("pretrain", "sft", "collect", "rm") + ALGORITHMS
+STAGES = tuple(REGISTRY)  # pretrain, sft, collect, rm, then the algorithms, in the order they run
+ALGORITHMS = STAGES[STAGES.index("rm") + 1 :]
 
 
 @dataclass
