@@ -11,7 +11,7 @@ import torch
 from minirlhf.data import load_preferences, write_jsonl
 from minirlhf.distributed import SINGLE, DistInfo, all_gather_objects
 from minirlhf.judges import GoldJudge, HeuristicJudge, preference_rows
-from minirlhf.rollout import sample_responses
+from minirlhf.rollout import sample, sample_responses
 
 
 def sample_groups(model, tokenizer, template, prompts: list[str], k: int, max_new_tokens: int, temperature: float,
@@ -67,28 +67,57 @@ def round_file(out, round_index: int) -> Path:
 
 
 @torch.no_grad()
+def sample_groups_sharded(model, tokenizer, template, prompts: list[str], k: int, max_new_tokens: int,
+                          temperature: float, seed: int, d: DistInfo = SINGLE, batch_size: int = 128) -> list[list[str]]:
+    """``k`` samples of each of this process's prompts (``prompts[rank::W]``) whose randomness does not
+    depend on the number of processes: the global list is cut into the same generate calls whatever W,
+    call c draws from a generator seeded by (seed, c) for every row of the call, and each process
+    samples its rows of it with their draws (``rollout.sample``'s rows)."""
+    per_call = max(1, batch_size // k)  # prompts per generate call
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    groups = []
+    for c, start in enumerate(range(0, len(prompts), per_call)):
+        chunk = range(start, min(start + per_call, len(prompts)))
+        mine = [i for i in chunk if i % d.world_size == d.rank]
+        if not mine:
+            continue
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + c)
+        rows = torch.tensor([(i - start) * k + g for i in mine for g in range(k)], dtype=torch.long)
+        texts = sample(model, tokenizer, template, [prompts[i] for i in mine], max_new_tokens, temperature, gen, k,
+                       rows=rows, n_rows=len(chunk) * k).responses
+        groups += [texts[j * k : (j + 1) * k] for j in range(len(mine))]
+    model.train(was_training)
+    return groups
+
+
+@torch.no_grad()
 def round_pairs(model, task, judge, tokenizer, template, n_prompts: int, k: int, temperature: float, tie_policy: str,
                 seed: int, round_index: int, d: DistInfo = SINGLE) -> tuple[list, dict]:
     """An online round's pairs: ``k`` samples per prompt from the current policy, every pair judged.
-    The prompts and the samples are drawn from generators seeded by (seed, round). Distributed, each
-    rank samples and judges its share of the prompts (its sampling seed differs by rank) and every
-    rank returns the pairs of all of them, in rank order. Returns (rows, round statistics)."""
+    The prompts and the samples are drawn from generators seeded by (seed, round), the samples of each
+    prompt the same whatever the number of processes (``sample_groups_sharded``). Distributed, each
+    rank samples and judges its share of the prompts and every rank returns the pairs of all of them
+    in the order of the prompts: the list one process would make. Returns (rows, round statistics)."""
     g = torch.Generator().manual_seed(round_seed(seed, round_index))
     train_prompts = task.prompts("train")
     n = min(n_prompts, len(train_prompts))
     prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), generator=g)[:n].tolist()]
-    prompts = prompts[d.rank :: d.world_size]  # this rank's share
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(round_seed(seed, round_index) + 100_000_007 * d.rank)
-    groups = sample_groups(model, tokenizer, template, prompts, k, task.max_response_tokens, temperature, gen,
-                           batch_size=128)
-    rows, counts, scores, empty = judge_groups(prompts, groups, judge, tie_policy)
-    if d.enabled:  # every rank's pairs, in rank order, on every rank
-        parts = all_gather_objects((rows, counts, scores, empty), d)
-        rows = [row for part in parts for row in part[0]]
-        counts = {key: sum(part[1][key] for part in parts) for key in counts}
-        scores = [x for part in parts for x in part[2]]
-        empty = sum(part[3] for part in parts)
+    groups = sample_groups_sharded(model, tokenizer, template, prompts, k, task.max_response_tokens, temperature,
+                                   round_seed(seed, round_index), d)
+    mine = list(range(n))[d.rank :: d.world_size]
+    per_prompt = []  # (global prompt index, its rows, counts, scores, empty samples)
+    for i, group in zip(mine, groups):
+        rows, counts, scores, empty = judge_groups([prompts[i]], [group], judge, tie_policy)
+        per_prompt.append((i, rows, counts, scores, empty))
+    if d.enabled:  # every rank's prompts, on every rank
+        per_prompt = [item for part in all_gather_objects(per_prompt, d) for item in part]
+    per_prompt.sort(key=lambda item: item[0])
+    rows = [row for item in per_prompt for row in item[1]]
+    counts = {key: sum(item[2][key] for item in per_prompt) for key in ("pairs", "skipped", "ties", "rows")}
+    scores = [x for item in per_prompt for x in item[3]]
+    empty = sum(item[4] for item in per_prompt)
     stats = {"round/pairs": counts["rows"], "round/ties": counts["ties"], "round/skipped": counts["skipped"],
              "round/empty_samples": empty, "round/score": sum(scores) / len(scores), "round/prompts": n}
     return rows, stats

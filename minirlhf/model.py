@@ -271,12 +271,21 @@ class DecodeProj:
         return torch.addmm(self.bias, x, self.weight_t)
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None,
+                       rows: torch.Tensor | None = None, n_rows: int | None = None) -> torch.Tensor:
     """One draw from each row of probs (B,V) by inverting the CDF: the first token whose cumulative
     probability exceeds u ~ U[0, total mass). A token of probability 0 is never drawn. (B,) long.
-    (Cheaper per step than torch.multinomial, which matters in a decode loop of tiny matmuls.)"""
+    (Cheaper per step than torch.multinomial, which matters in a decode loop of tiny matmuls.)
+
+    ``rows`` (B,) and ``n_rows``: these B rows are rows ``rows`` of a batch of ``n_rows`` (one
+    process's share of a global batch); the uniforms are drawn for all ``n_rows`` and each row takes
+    its own, so a row gets the draw it would get if the whole batch were sampled in one place."""
     cdf = probs.cumsum(-1)  # (B,V)
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if rows is None:
+        u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    else:
+        u = torch.rand(n_rows, 1, generator=generator, device=probs.device, dtype=cdf.dtype)[rows.to(probs.device)]
+    u = u * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
@@ -459,6 +468,8 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         num_samples: int = 1,
+        noise_rows: torch.Tensor | None = None,
+        noise_batch: int | None = None,
     ) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``idx`` (B,T); returns (B, T + max_new_tokens).
 
@@ -471,6 +482,11 @@ class GPT(nn.Module):
         rows b*G .. b*G + G - 1 for prompt b (GRPO's groups). Each prompt is prefilled ONCE and its
         key/value cache copied G times, so the prompt's forward pass is not repeated; the result
         equals ``generate`` on ``idx.repeat_interleave(G, 0)`` with the same generator state.
+
+        ``noise_rows`` (B*G,) and ``noise_batch``: the output rows are rows ``noise_rows`` of a batch of
+        ``noise_batch`` rows sampled elsewhere in pieces (the processes of a distributed run); each row
+        takes the random draw of its row in that batch (``sample_categorical``), so a row's tokens do
+        not depend on how the batch was split.
         """
         self._check_input(idx, attention_mask)
         if max_new_tokens < 0:
@@ -523,7 +539,7 @@ class GPT(nn.Module):
             elif t > T:
                 logits = self._decode_step(out[:, t - 1 : t], pos_all[:, t - 1 : t],
                                            None if key_ok is None else key_ok[..., :t], cache, weights)
-            nxt = self._sample(logits, temperature, top_k, top_p, generator)  # (N,)
+            nxt = self._sample(logits, temperature, top_k, top_p, generator, noise_rows, noise_batch)  # (N,)
             if eos_token_id is not None:
                 nxt = nxt.masked_fill(finished, pad_token_id)
                 finished = finished | (nxt == eos_token_id)
@@ -535,7 +551,7 @@ class GPT(nn.Module):
         return out
 
     @staticmethod
-    def _sample(logits, temperature, top_k, top_p, generator):
+    def _sample(logits, temperature, top_k, top_p, generator, rows=None, n_rows=None):
         """Pick the next token from last-position logits (B,V)."""
         if temperature == 0:
             return logits.argmax(dim=-1)
@@ -545,7 +561,7 @@ class GPT(nn.Module):
             logits = top_k_filter(logits, top_k)
         if top_p is not None:
             logits = top_p_filter(logits, top_p)
-        return sample_categorical(torch.softmax(logits.float(), dim=-1), generator)
+        return sample_categorical(torch.softmax(logits.float(), dim=-1), generator, rows, n_rows)
 
     # -- GPT-2 import --------------------------------------------------------------------------
 

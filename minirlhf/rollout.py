@@ -70,7 +70,7 @@ class Rollout:
 @torch.no_grad()
 def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
            generator: torch.Generator | None = None, num_samples: int = 1, top_k: int | None = None,
-           top_p: float | None = None) -> Rollout:
+           top_p: float | None = None, rows: torch.Tensor | None = None, n_rows: int | None = None) -> Rollout:
     """Generate ``num_samples`` responses per prompt with the KV cache and lay the batch out as a
     ``Rollout``: rows b*G .. b*G + G-1 answer prompt b, whose KV cache is prefilled once.
 
@@ -78,6 +78,10 @@ def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int,
     EOS (which it keeps, so the model learns to stop), so the pad token may be the EOS token itself,
     as with GPT-2's tokenizer, whose only special token is <|endoftext|>. ``temperature=0`` is greedy
     decoding (whose log-probs are undefined: ``make_rollout`` needs a temperature > 0).
+
+    ``rows`` (B*G,) and ``n_rows``: the batch is rows ``rows`` of a global batch of ``n_rows`` rows
+    (this process's share); each row takes the random draws of its row in the global batch, so what
+    it samples does not depend on the number of processes (``GPT.generate``'s ``noise_rows``).
     """
     if not temperature >= 0:
         raise ValueError(f"sampling temperature must be >= 0 (0: greedy), got {temperature}")
@@ -91,7 +95,7 @@ def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int,
     was_training = policy.training
     out = policy.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, attention_mask=prompt_mask,
-                          generator=generator, num_samples=num_samples)
+                          generator=generator, num_samples=num_samples, noise_rows=rows, noise_batch=n_rows)
     policy.train(was_training)
     if num_samples > 1:
         ids, prompt_mask = ids.repeat_interleave(num_samples, 0), prompt_mask.repeat_interleave(num_samples, 0)
@@ -133,21 +137,23 @@ class _NoTimer:
 def make_rollout(actor, reference, scorer, task, tokenizer, template, prompts: list[str], max_new_tokens: int,
                  temperature: float, generator: torch.Generator | None, samples_per_prompt: int = 1,
                  missing_eos_penalty: float | None = None, values: bool = False, keep_logits: bool = False,
-                 autocast=contextlib.nullcontext, timer=None) -> Rollout:
+                 autocast=contextlib.nullcontext, timer=None, rows: torch.Tensor | None = None,
+                 n_rows: int | None = None) -> Rollout:
     """The one rollout path of the RL trainers, steps 1-4 of the module docstring.
 
     actor: ``policies.ActorCritic`` (its policy samples); reference: ``policies.Reference``; scorer:
     a ``RewardModelScorer`` or ``VerifierScorer``. Sets logprobs, ref_logprobs, values (with
     ``values`` and a critic), scores (after the missing-EOS penalty), ``extra["raw_scores"]`` (before
     it) and, with ``keep_logits``, ``extra["old_logits"]``: pi_old's response logits / temperature,
-    (B,R,V), for a KL over whole next-token distributions (TRPO, PPO-penalty).
+    (B,R,V), for a KL over whole next-token distributions (TRPO, PPO-penalty). ``rows``/``n_rows``:
+    this batch's rows in the global batch (``sample``); recorded as ``extra["rows"]``.
     """
     if not temperature > 0:
         raise ValueError(f"rollout temperature must be > 0 (log-probs of greedy decoding are undefined), got {temperature}")
     timer = timer or _NoTimer()
     with timer("generation"):
         rollout = sample(actor.policy, tokenizer, template, prompts, max_new_tokens, temperature, generator,
-                         samples_per_prompt)
+                         samples_per_prompt, rows=rows, n_rows=n_rows)
     with timer("scoring"), autocast():
         with timer("logprobs"):
             logits, v = actor(rollout, temperature, values=values)  # (B,R,V) already / T, (B,R) or None
@@ -158,6 +164,8 @@ def make_rollout(actor, reference, scorer, task, tokenizer, template, prompts: l
             rollout.ref_logprobs = reference.logprobs(rollout, temperature)
         raw = scorer(rollout, task)
     rollout.extra["raw_scores"] = raw
+    if rows is not None:
+        rollout.extra["rows"] = rows  # (B,) each row's index in the global batch
     rollout.scores = apply_missing_eos_penalty(raw, rollout.ended, missing_eos_penalty)
     return rollout
 

@@ -87,13 +87,15 @@ def grpo_update(cfg: GRPOConfig, actor: ActorCritic, optimizer, rollout: Rollout
                 max_len: int, generator: torch.Generator, run, iteration: int, d: DistInfo = SINGLE) -> dict:
     """Step 4: ``mu`` passes over the rollout in shuffled minibatches. Returns the mean statistics.
 
-    Distributed, each rank holds its share of the rollout and takes minibatch_size / world_size of
-    it per step; its loss is scaled by its share of the minibatch's sequences or tokens (as
+    Distributed, each rank holds its share of the rollout and takes the rows it holds of each global
+    minibatch (``minibatches``); its loss is scaled by its share of the minibatch's sequences or tokens (as
     ``loss_agg`` averages) and the gradients are averaged over ranks."""
-    per_rank = max(1, cfg.minibatch_size // d.world_size)
     stats = {k: [] for k in ("loss/policy", "loss/kl", "entropy", "clipfrac", "approx_kl", "grad_norm")}
     for _ in range(cfg.mu):
-        for idx in minibatches(rollout.batch_size, per_rank, generator):
+        for idx in minibatches(rollout, cfg.minibatch_size, generator, d):
+            if len(idx) == 0:  # none of this minibatch's rows is on this process
+                gradient_step(optimizer, None, 0.0, cfg.optim.grad_clip, run, iteration, d)
+                continue
             mb = rollout.select(idx)
             with run.autocast():
                 logits, _ = actor(mb, cfg.temperature)  # (b,R,V), already / temperature

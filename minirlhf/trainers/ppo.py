@@ -81,14 +81,19 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
     L = L_clip (or L_penalty) + c_v L_V - c_H H (+ beta KL to the reference when kl.where = "loss").
     Returns the mean statistics.
 
-    Distributed, each rank holds its share of the rollouts and takes minibatch_size / world_size of
-    them per step; its token-mean loss is scaled by its share of the minibatch's tokens and the
-    gradients are averaged, which is the gradient of the token mean over the global minibatch."""
-    per_rank = max(1, cfg.minibatch_size // d.world_size)
+    Distributed, each rank holds its share of the rollouts and takes the rows it holds of each global
+    minibatch (``minibatches``); its token-mean loss is scaled by its share of the minibatch's tokens
+    and the gradients are averaged, which is the gradient of the token mean over the global minibatch."""
     stats = {k: [] for k in ("loss/policy", "loss/value", "entropy", "clipfrac", "approx_kl", "grad_norm")}
     stop = False
     for epoch in range(cfg.ppo_epochs):
-        for idx in minibatches(rollout.batch_size, per_rank, generator):
+        for idx in minibatches(rollout, cfg.minibatch_size, generator, d):
+            if len(idx) == 0:  # none of this minibatch's rows is on this process
+                gradient_step(optimizer, None, 0.0, cfg.optim.grad_clip, run, iteration, d)
+                if cfg.target_approx_kl > 0 and minibatch_mean(None, d) > cfg.target_approx_kl:
+                    stop = True
+                    break
+                continue
             mb, A, m = rollout.select(idx), advantages[idx], rollout.mask[idx]
             with run.autocast():
                 logits, values = ac(mb, cfg.temperature)  # (b,R,V) already / T, (b,R)
@@ -111,7 +116,7 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
             stats["clipfrac"].append(float(s.get("clipfrac", 0.0)))
             stats["approx_kl"].append(float(s["approx_kl"]))
             stats["grad_norm"].append(grad_norm)
-            if cfg.target_approx_kl > 0 and global_mean(float(s["approx_kl"]), d) > cfg.target_approx_kl:
+            if cfg.target_approx_kl > 0 and minibatch_mean(float(s["approx_kl"]), d) > cfg.target_approx_kl:
                 stop = True
                 break
         if stop:
@@ -125,6 +130,12 @@ def ppo_update(cfg: PPOConfig, ac: ActorCritic, optimizer, rollout: Rollout, adv
         penalty.update(out["penalty_kl"])
         out["penalty_beta"] = penalty.value
     return out
+
+
+def minibatch_mean(value: float | None, d: DistInfo = SINGLE) -> float:
+    """The mean of a minibatch statistic over the processes holding part of the minibatch (None: none)."""
+    total, n = global_sums([0.0 if value is None else value, 0.0 if value is None else 1.0], d)
+    return total / max(n, 1.0)
 
 
 @torch.no_grad()

@@ -14,9 +14,12 @@ its own advantage estimate and update, written once.
 NaN guard), the random streams, the distributed split of each batch, and evaluation. The shared
 config fields live once, in ``RLConfig``; each algorithm's config adds its own.
 
-Random streams: ``shuffle`` draws the prompts of each iteration and the minibatch orders; it is the
-same on every process, so every process draws the same global batch and takes its share
-(``distributed.shard``). ``sampling`` draws the responses; each process has its own.
+Random streams, the same whatever the number of processes: ``shuffle`` draws the prompts of each
+iteration and the minibatch orders over the global batch; it is the same on every process, so every
+process draws the same global batch and takes its share (``distributed.shard``), and the same
+minibatches (``minibatches``). The responses' draws come from a generator seeded by (seed, iteration),
+made for every row of the global batch, each process using its rows' (``rollout.sample``'s rows). So
+a run on W processes is the run on one, up to the order of floating-point sums.
 """
 from __future__ import annotations
 
@@ -96,6 +99,11 @@ class CriticRLConfig(RLConfig):
     kl: KLConfig = field(default_factory=KLConfig)
 
 
+def sampling_seed(seed: int, iteration: int) -> int:
+    """The seed of iteration ``iteration``'s response sampling (the same on every process)."""
+    return seed * 1_000_003 + iteration + 7_777_777
+
+
 def kl_controller(kl: KLConfig):
     """beta: Ziegler et al.'s adaptive controller toward ``kl.target``, or a fixed coefficient."""
     return AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
@@ -138,23 +146,45 @@ def rewards_and_advantages(cfg, rollout: Rollout, beta: float, d: DistInfo = SIN
 # ---------------------------------------------------------------------------------------------
 
 
-def minibatches(n: int, size: int, generator: torch.Generator):
-    """Row indices of a shuffled pass over n rows in minibatches of ``size`` (the last may be smaller)."""
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, size):
-        yield order[start : start + size]
+def minibatches(rollout: Rollout, size: int, generator: torch.Generator, d: DistInfo = SINGLE):
+    """Row indices into ``rollout`` of one shuffled pass over the global batch in minibatches of
+    ``size`` rows. The order is drawn over the global rows with a generator that is the same on every
+    process, and each process takes from each minibatch the rows it holds (``extra["rows"]``), so the
+    minibatches are those of one process holding the whole batch; a process may hold none of a
+    minibatch's rows (an empty index). In one process: torch.randperm(B) cut into pieces of ``size``.
+    (A rollout without ``extra["rows"]``: each process shuffles its own rows, size / W at a time.)"""
+    if "rows" not in rollout.extra:
+        order = torch.randperm(rollout.batch_size, generator=generator)
+        per_rank = max(1, size // d.world_size)
+        for start in range(0, rollout.batch_size, per_rank):
+            yield order[start : start + per_rank]
+        return
+    rows = rollout.extra["rows"].cpu()  # (B,) this process's rows in the global batch
+    n_global = rollout.batch_size * d.world_size  # every process holds an equal share
+    position = torch.full((n_global,), -1, dtype=torch.long)
+    position[rows] = torch.arange(rollout.batch_size)
+    order = torch.randperm(n_global, generator=generator)
+    for start in range(0, n_global, size):
+        local = position[order[start : start + size]]
+        yield local[local >= 0]
 
 
-def gradient_step(optimizer, loss: torch.Tensor, count: float, grad_clip: float, run, iteration: int,
+def gradient_step(optimizer, loss: torch.Tensor | None, count: float, grad_clip: float, run, iteration: int,
                   d: DistInfo = SINGLE) -> float:
     """One optimizer step on ``loss``, a mean over this rank's ``count`` items (tokens or sequences):
     NaN guard, backward of the loss times its share of the global count (``loss_scale``), gradients
     averaged over ranks (the gradient of the mean over the global minibatch), clipped to ``grad_clip``
-    (0: measured only), NaN guard, step. Returns the gradient norm before clipping."""
+    (0: measured only), NaN guard, step. Returns the gradient norm before clipping. ``loss=None``: this
+    rank holds none of the minibatch (count 0) and adds zero gradients to the others'."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    run.check_finite(iteration, loss=loss)
+    scale = loss_scale(count, d)
     optimizer.zero_grad(set_to_none=True)
-    (loss * loss_scale(count, d)).backward()
+    if loss is None:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    else:
+        run.check_finite(iteration, loss=loss)
+        (loss * scale).backward()
     all_reduce_gradients(params, d)
     grad_norm = clip_grad_norm(params, grad_clip)
     run.check_finite(iteration, grad_norm=grad_norm)
@@ -226,9 +256,7 @@ class RLRun:
         self.policy, self.reference = policy_and_reference(policy.to(self.device), cfg.lora)
         self.scorer, self.rm = build_scorer(cfg.reward, self.tokenizer, self.device, self.template,
                                             cfg.reward_normalize, cfg.reward_clip)
-        self.sampling = torch.Generator(device=self.device).manual_seed(self.run.rank_seed())  # this rank's responses
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)  # the same global draws on every rank
-        self.run.track_generator("sampling", self.sampling)
         self.run.track_generator("shuffle", self.shuffle)
         self.max_new_tokens = cfg.max_new_tokens or self.task.max_response_tokens
         self.timer = Timer()
@@ -272,6 +300,11 @@ class RLRun:
         train_prompts = self.task.prompts("train")
         for it in range(start + 1, self.cfg.iterations + 1):
             self.timer.reset()
+            # The responses' randomness is a function of (seed, iteration, global row): a fresh generator
+            # each iteration, its draws made for the global batch (rollout.sample's rows).
+            self.sampling = torch.Generator(device=self.device).manual_seed(sampling_seed(self.cfg.run.seed, it))
+            self._prompt_index = list(range(prompts_per_iteration))[self.dist.rank :: self.dist.world_size]
+            self._n_prompts = prompts_per_iteration
             if self._optimizer is not None:
                 self.lr = lr_at(it, self.cfg.iterations, self._optim)
                 set_lr(self._optimizer, self.lr)
@@ -280,10 +313,12 @@ class RLRun:
     def rollout(self, actor: ActorCritic, prompts: list[str], samples_per_prompt: int = 1, values: bool = False,
                 keep_logits: bool = False) -> Rollout:
         """``rollout.make_rollout`` with this run's reference, scorer, task, sampling settings and timers."""
-        cfg = self.cfg
+        cfg, G = self.cfg, samples_per_prompt
+        rows = torch.tensor([p * G + g for p in self._prompt_index for g in range(G)], dtype=torch.long)
         self._rollout = make_rollout(actor, self.reference, self.scorer, self.task, self.tokenizer, self.template,
-                                     prompts, self.max_new_tokens, cfg.temperature, self.sampling, samples_per_prompt,
-                                     cfg.missing_eos_penalty, values, keep_logits, self.autocast, self.timer)
+                                     prompts, self.max_new_tokens, cfg.temperature, self.sampling, G,
+                                     cfg.missing_eos_penalty, values, keep_logits, self.autocast, self.timer,
+                                     rows=rows, n_rows=self._n_prompts * G)
         return self._rollout
 
     def log(self, it: int, local: dict, per_token: dict | None = None, **shared) -> None:

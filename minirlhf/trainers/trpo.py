@@ -112,12 +112,14 @@ def trpo_update(cfg: TRPOConfig, actor: ActorCritic, params: list, rollout: Roll
 def fit_critic(cfg: TRPOConfig, critic, optimizer, rollout: Rollout, returns: torch.Tensor,
                generator: torch.Generator, run, iteration: int, d: DistInfo = SINGLE) -> dict:
     """Step 4: ``critic_epochs`` shuffled minibatch passes of Adam on value_loss toward the GAE returns.
-    Distributed, each rank takes critic_minibatch_size / world_size of its rollouts per step, its
+    Distributed, each rank takes the rows it holds of each global minibatch (``minibatches``), its
     token-mean loss scaled by its share of the minibatch's tokens, and the gradients are averaged."""
     losses = []
-    per_rank = max(1, cfg.critic_minibatch_size // d.world_size)
     for _ in range(cfg.critic_epochs):
-        for idx in minibatches(rollout.batch_size, per_rank, generator):
+        for idx in minibatches(rollout, cfg.critic_minibatch_size, generator, d):
+            if len(idx) == 0:  # none of this minibatch's rows is on this process
+                gradient_step(optimizer, None, 0.0, cfg.critic_optim.grad_clip, run, iteration, d)
+                continue
             mb = rollout.select(idx)
             with run.autocast():
                 values = response_values(critic, mb)  # (b,R)
