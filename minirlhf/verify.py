@@ -1068,7 +1068,7 @@ def _bandit_k2_hand(seed):
 @check("kto/half-lambda-at-reference", "pi = pi_ref, z0 = 0: loss = lambda_y (1 - sigmoid(0)) = lambda_y / 2: max |diff|")
 def _kto_half(seed):
     """L_KTO = lambda_y - v(x, y), v = lambda_D sigmoid(beta (r - z0)) (desirable) or lambda_U sigmoid(beta (z0 - r))
-    (undesirable), r = log pi/pi_ref (Ethayarajh et al. 2024, eq. 8). At r = 0, z0 = 0: lambda_y / 2."""
+    (undesirable), r = log pi/pi_ref (Ethayarajh et al. 2024). At r = 0, z0 = 0: lambda_y / 2."""
     g = _gen(seed, 80)
     ref = -10 * torch.rand(6, generator=g, dtype=F64)
     desirable = torch.tensor([True, False, True, True, False, False])
@@ -1080,7 +1080,7 @@ def _kto_half(seed):
 @check("kto/grad-at-reference", "... and d loss / d log pi = -lambda_D beta/4 (desirable), +lambda_U beta/4: max |diff|")
 def _kto_grad(seed):
     """d/dr lambda_D (1 - sigmoid(beta r)) = -lambda_D beta sigmoid'(0) = -lambda_D beta / 4 at r = 0; the undesirable
-    term lambda_U (1 - sigmoid(-beta r)) gives +lambda_U beta / 4 (Ethayarajh et al. 2024, eq. 8)."""
+    term lambda_U (1 - sigmoid(-beta r)) gives +lambda_U beta / 4 (Ethayarajh et al. 2024)."""
     g = _gen(seed, 81)
     ref = -10 * torch.rand(6, generator=g, dtype=F64)
     desirable = torch.tensor([True, False, True, True, False, False])
@@ -1093,8 +1093,8 @@ def _kto_grad(seed):
 
 @check("kto/formula", "KTO losses with z0 = max(0, mean mismatched log-ratio), random batch: max |diff|")
 def _kto_formula(seed):
-    """z0 = max(0, 1/m sum log pi(y_j|x_i)/pi_ref(y_j|x_i)) over mismatched pairs (Ethayarajh et al. 2024, section 4.1),
-    then lambda_y - v(x, y) (eq. 8), against plain Python."""
+    """z0 = max(0, 1/m sum log pi(y_j|x_i)/pi_ref(y_j|x_i)) over mismatched pairs (Ethayarajh et al. 2024),
+    then lambda_y - v(x, y), against plain Python."""
     g = _gen(seed, 82)
     logp, ref = -5 * torch.rand(8, generator=g, dtype=F64), -5 * torch.rand(8, generator=g, dtype=F64)
     kl_pol, kl_ref = -5 * torch.rand(8, generator=g, dtype=F64), -5 * torch.rand(8, generator=g, dtype=F64) - 1.0
@@ -1110,7 +1110,7 @@ def _kto_formula(seed):
 @check("orpo/odds-ratio-enumerated", "L_OR = log(1 + odds(y_l)/odds(y_w)), P = p(y)^(1/|y|), all 72 pairs: max rel diff")
 def _orpo_enumerated(seed):
     """odds(y) = P/(1 - P), P = exp(1/|y| sum_t log p(y_t|y_<t)), L_OR = -log sigmoid(log(odds(y_w)/odds(y_l)))
-    (Hong et al. 2024, eqs. 4, 6-7). A 2-token policy over 3 tokens: the 9 sequences' probabilities p(y1) p(y2|y1)
+    (Hong et al. 2024, eqs. 6-7). A 2-token policy over 3 tokens: the 9 sequences' probabilities p(y1) p(y2|y1)
     by plain products; expected: log(1 + odds_l/odds_w) from them, for every ordered pair of distinct sequences."""
     g = _gen(seed, 83)
     p1 = torch.softmax(torch.randn(3, generator=g, dtype=F64), 0)
@@ -1131,7 +1131,7 @@ def _orpo_enumerated(seed):
 
 @check("orpo/log-odds-near-one", "log odds at P = exp(-1e-12): -1e-12 - log(-expm1(-1e-12)) to 1e-14 relative")
 def _orpo_near_one(seed):
-    """log odds = log P - log(1 - P) (Hong et al. 2024, eq. 6); forming 1 - P in float64 at P = exp(-1e-12) loses
+    """log odds = log P - log(1 - P) (Hong et al. 2024); forming 1 - P in float64 at P = exp(-1e-12) loses
     about 4 digits, log(-expm1(x)) does not. Expected: the formula in math (Maechler 2012's log1mexp)."""
     x = -1e-12
     got = orpo_log_odds(torch.tensor([x], dtype=F64)).item()
@@ -1141,7 +1141,7 @@ def _orpo_near_one(seed):
 
 @check("simpo/formula", "SimPO loss = -log s(beta/|y_w| log pi_w - beta/|y_l| log pi_l - gamma): max |diff|")
 def _simpo_formula(seed):
-    """L_SimPO = -log sigmoid(beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma) (Meng et al. 2024, eq. 6),
+    """L_SimPO = -log sigmoid(beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma) (Meng et al. 2024),
     against plain Python."""
     g = _gen(seed, 84)
     cw, cl = -20 * torch.rand(6, generator=g, dtype=F64), -20 * torch.rand(6, generator=g, dtype=F64)
@@ -1155,7 +1155,7 @@ def _simpo_formula(seed):
 
 @check("simpo/length-normalised", "a response repeated twice (same per-token log-probs): same SimPO reward and loss")
 def _simpo_length(seed):
-    """r_SimPO = beta/|y| log pi(y|x) (Meng et al. 2024, eq. 4) is the mean token log-prob times beta: doubling the response
+    """r_SimPO = beta/|y| log pi(y|x) (Meng et al. 2024) is the mean token log-prob times beta: doubling the response
     by repeating its tokens doubles log pi and |y|. measured: the larger of |reward change| and |loss change|,
     and |reward - beta * mean token log-prob|."""
     g = _gen(seed, 85)
@@ -1173,7 +1173,7 @@ def _simpo_length(seed):
 
 @check("gspo/one-token-ratio", "|y| = 1: s_i = pi/pi_old of the token; |y| = 3: (pi(y)/pi_old(y))^(1/3): max |diff|")
 def _gspo_ratio(seed):
-    """s_i = (pi(y_i|x)/pi_old(y_i|x))^(1/|y_i|) (Zheng et al. 2025, eq. 7): for one token, the token ratio (PPO's);
+    """s_i = (pi(y_i|x)/pi_old(y_i|x))^(1/|y_i|) (Zheng et al. 2025): for one token, the token ratio (PPO's);
     for more, the geometric mean of the token ratios. Expected from the sequence log-probs in plain Python."""
     g = _gen(seed, 86)
     logp, old = -3 * torch.rand(2, 3, generator=g, dtype=F64), -3 * torch.rand(2, 3, generator=g, dtype=F64)
@@ -1235,7 +1235,7 @@ _DAPO_CASES = [(+1.0, 1.25),  # inside [1 - 0.2, 1 + 0.28]: not clipped (a symme
 
 @check("dapo/clip-higher-set", "eps_low 0.2, eps_high 0.28 on 4 hand cases: grad 0 exactly on the clipped 2: max |diff|")
 def _dapo_clip_higher(seed):
-    """clip(rho, 1 - eps_low, 1 + eps_high) (Yu et al. 2025, eq. 10) in PPO's min (Schulman et al. 2017, eq. 7):
+    """clip(rho, 1 - eps_low, 1 + eps_high) (Yu et al. 2025) in PPO's min (Schulman et al. 2017, eq. 7):
     rho = 1.25 with A > 0 stays unclipped (gradient -A rho / N), rho = 1.30 is clipped; the low side is unchanged.
     Expected gradient per token: (-1.25/4, 0, 0, 1.25/4); measured also includes |clipfrac - 2/4|."""
     A = torch.tensor([[a for a, _ in _DAPO_CASES]], dtype=F64)
@@ -1249,7 +1249,7 @@ def _dapo_clip_higher(seed):
 
 @check("dapo/dynamic-sampling", "nonconstant_groups on all 2^G binary groups, G = 2..5: wrong keep/drop decisions")
 def _dapo_dynamic(seed):
-    """DAPO keeps a group only if 0 < |{correct}| < G (Yu et al. 2025, eq. 11): a group that is all right or all wrong
+    """DAPO keeps a group only if 0 < |{correct}| < G (Yu et al. 2025): a group that is all right or all wrong
     has zero advantage. Exhaustive over every binary reward table; measured: the number of groups decided differently
     from that count, or kept although their rewards are all equal."""
     wrong = 0
@@ -1263,7 +1263,7 @@ def _dapo_dynamic(seed):
 @check("dapo/overlong-breakpoints", "L_max 10, L_cache 4: penalty at |y| = 0, 6, 7, 8, 10, 11 is 0, 0, -1/4, -1/2, -1, -1")
 def _dapo_overlong(seed):
     """R_length = 0 for |y| <= L_max - L_cache, ((L_max - L_cache) - |y|)/L_cache up to L_max, -1 beyond
-    (Yu et al. 2025, eq. 13). measured: max |diff| from the values worked by hand."""
+    (Yu et al. 2025). measured: max |diff| from the values worked by hand."""
     got = overlong_penalty(torch.tensor([0, 6, 7, 8, 10, 11]), 10, 4)
     return _max_abs(got, torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0, -1.0], dtype=got.dtype)), 0.0, 1e-15
 
@@ -1271,7 +1271,7 @@ def _dapo_overlong(seed):
 @check("reinforce++/hand-example", "REINFORCE++ advantages (plain and baseline) on a 2x3 example by hand: max |diff|")
 def _rpp_hand(seed):
     """r_t = -beta KL_t (k1) plus the score at EOS, A_t = sum_{i >= t} r_i (gamma = 1), whitened over the valid tokens
-    of the batch (Hu 2025, section 3); the baseline variant subtracts the group-mean score first. beta = 0.5,
+    of the batch (Hu 2025); the baseline variant subtracts the group-mean score first. beta = 0.5,
     k1 = ((0.2, -0.4, 0), (0.1, 0.3, pad)), scores (1, 0): returns (1.1, 1.2, 1.0 | -0.2, -0.15); with the baseline
     (scores 0.5, -0.5) (0.6, 0.7, 0.5 | -0.7, -0.65). Expected: those, whitened in plain Python (unbiased std)."""
     ref = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], dtype=F64)

@@ -38,7 +38,7 @@ __all__ = [
 
 
 def gspo_sequence_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
-    """GSPO's length-normalised sequence importance ratio (Zheng et al. 2025, eq. 7):
+    """GSPO's length-normalised sequence importance ratio (Zheng et al. 2025):
 
         s_i(theta) = ( pi_theta(y_i|x) / pi_old(y_i|x) )^(1/|y_i|)
                    = exp( 1/|y_i| sum_t log( pi_theta(y_i,t|x, y_i,<t) / pi_old(y_i,t|x, y_i,<t) ) )
@@ -96,7 +96,7 @@ def gspo_policy_loss(
 
 
 def gspo_token_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
-    """GSPO-token's per-token ratio (Zheng et al. 2025, eq. 14), sg = stop-gradient:
+    """GSPO-token's per-token ratio (Zheng et al. 2025), sg = stop-gradient:
 
         s_i,t(theta) = sg[s_i(theta)] * pi_theta(y_i,t|x, y_i,<t) / sg[pi_theta(y_i,t|x, y_i,<t)]
 
@@ -115,7 +115,7 @@ def gspo_token_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
 
 
 def nonconstant_groups(rewards: Tensor, group_size: int) -> Tensor:
-    """DAPO's dynamic-sampling filter (Yu et al. 2025, eq. 11): keep a prompt's group only if
+    """DAPO's dynamic-sampling filter (Yu et al. 2025, the constraint of the DAPO objective): keep a prompt's group only if
 
         0 < |{ o_i : is_equivalent(a, o_i) }| < G,
 
@@ -130,7 +130,7 @@ def nonconstant_groups(rewards: Tensor, group_size: int) -> Tensor:
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
-    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the task reward:
+    """DAPO's soft overlong punishment (Yu et al. 2025, overlong reward shaping), added to the task reward:
 
         R_length(y) = 0                                  |y| <= L_max - L_cache
                       ((L_max - L_cache) - |y|) / L_cache  L_max - L_cache < |y| <= L_max
@@ -159,7 +159,7 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
 
 def reinforce_pp_advantages(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, beta: float,
                             group_size: int | None = None, kind: str = "k1", eps: float = 1e-8) -> Tensor:
-    """REINFORCE++ token advantages (Hu 2025, section 3): the KL-penalised return-to-go, whitened over the batch:
+    """REINFORCE++ token advantages (Hu 2025): the KL-penalised return-to-go, whitened over the batch:
 
         r_t   = I(s_t = [EOS]) r(x, y) - beta KL_t,    KL_t = log pi_old(a_t|s_t) / pi_ref(a_t|s_t)  (k1)
         A_t   = sum_{i >= t} r_i = r(x, y) - beta sum_{i >= t} KL_i     (gamma = 1, no critic)

@@ -322,7 +322,7 @@ def ppo_policy_loss(
     logp, old_logp, advantages, mask: (B,T). old_logp and advantages are treated as constants.
     loss_agg picks the reduction (see aggregate_loss; default the masked token mean).
 
-    clip_eps_high: DAPO's clip-higher (Yu et al. 2025, eq. 10): clip(rho, 1 - eps_low, 1 + eps_high) with
+    clip_eps_high: DAPO's clip-higher (Yu et al. 2025): clip(rho, 1 - eps_low, 1 + eps_high) with
     eps_low = clip_eps; the paper uses 0.2 and 0.28, so low-probability tokens with A > 0 can grow
     further. None (default) is the symmetric clip, eps_high = clip_eps.
 

@@ -249,7 +249,7 @@ def dpo_loss(
 
 def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
     """KTO's reference point z_0 = KL(pi_theta(y'|x) || pi_ref(y'|x)), estimated on the batch
-    (Ethayarajh et al. 2024, section 4.1):
+    (Ethayarajh et al. 2024; as in ContextualAI/HALOs' and TRL's KTO losses):
 
         z_hat_0 = max(0, 1/m sum_i log pi_theta(y_j|x_i) / pi_ref(y_j|x_i)),   j != i
 
@@ -274,7 +274,7 @@ def kto_loss(
     lambda_d: float = 1.0,
     lambda_u: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """The Kahneman-Tversky optimisation loss (Ethayarajh et al. 2024, eq. 8), per example:
+    """The Kahneman-Tversky optimisation loss (Ethayarajh et al. 2024), per example:
 
         r_theta(x, y) = log pi_theta(y|x) / pi_ref(y|x)
         v(x, y) = lambda_D sigmoid(beta (r_theta(x, y) - z_0))   if y is desirable
@@ -319,7 +319,7 @@ def _log1mexp(x: Tensor) -> Tensor:
 
 def orpo_log_odds(logps_mean: Tensor) -> Tensor:
     """log odds_theta(y|x) = log P - log(1 - P), P = exp(1/m sum_t log P_theta(y_t|x, y_<t))
-    (Hong et al. 2024, eq. 4: P is the length-normalised, i.e. per-token geometric mean, probability).
+    (Hong et al. 2024: P is the length-normalised, i.e. per-token geometric mean, probability).
     logps_mean (B,) must be <= 0; 0 (P = 1) gives +inf. Computed without forming 1 - P."""
     if bool((logps_mean > 0).any()) or bool(torch.isnan(logps_mean).any()):
         raise ValueError("logps_mean: expected mean token log-probs <= 0 (log of a probability)")
@@ -328,7 +328,7 @@ def orpo_log_odds(logps_mean: Tensor) -> Tensor:
 
 def orpo_loss(chosen_logps_mean: Tensor, rejected_logps_mean: Tensor, nll_chosen, lam: float = 0.1
               ) -> tuple[Tensor, Tensor, Tensor]:
-    """ORPO's objective (Hong et al. 2024, eqs. 6-7):
+    """ORPO's objective (Hong et al. 2024, eqs. 6-7: L_ORPO and L_OR):
 
         odds_theta(y|x) = P_theta(y|x) / (1 - P_theta(y|x))
         L_OR   = -log sigmoid( log( odds_theta(y_w|x) / odds_theta(y_l|x) ) )
@@ -355,14 +355,15 @@ def orpo_loss(chosen_logps_mean: Tensor, rejected_logps_mean: Tensor, nll_chosen
 
 def simpo_loss(chosen_logps_sum: Tensor, rejected_logps_sum: Tensor, chosen_len, rejected_len,
                beta: float = 2.0, gamma: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
-    """SimPO (Meng et al. 2024, eq. 6):
+    """SimPO (Meng et al. 2024):
 
         r_SimPO(x, y) = beta / |y| log pi_theta(y|x)
         L_SimPO = -log sigmoid( beta/|y_w| log pi_theta(y_w|x) - beta/|y_l| log pi_theta(y_l|x) - gamma )
 
     chosen_logps_sum, rejected_logps_sum: log-probs summed over the response tokens, (B,);
     chosen_len, rejected_len: the token counts |y| (> 0), (B,) tensors or scalars; gamma is the target
-    reward margin (in reward units; the paper's gamma, not TRL's gamma/beta ratio). Returns
+    reward margin in reward units: the paper's gamma, as TRL's CPO simpo_gamma (TRL subtracts simpo_gamma / beta
+    inside beta(...)); princeton-nlp/SimPO's gamma_beta_ratio is gamma / beta. Returns
     (losses (B,), chosen_rewards (B,), rejected_rewards (B,)), the rewards detached.
     """
     _pair(chosen_logps_sum, rejected_logps_sum, ("chosen_logps_sum", "rejected_logps_sum"))

@@ -100,7 +100,7 @@ def test_gspo_token_ratio_reproduces_gspo_with_sequence_advantages():
     r = gspo_token_ratio(logp, old, mask)  # (B,T)
     s = gspo_sequence_ratio(logp, old, mask)
     assert torch.allclose(r, s[:, None].detach() * mask, atol=1e-15)  # value: s_i on every valid token
-    # GSPO-token (eq. 13): 1/G sum_i 1/|y_i| sum_t min(s_it A_i, clip(s_it) A_i)
+    # GSPO-token: 1/G sum_i 1/|y_i| sum_t min(s_it A_i, clip(s_it) A_i)
     per_token = torch.minimum(r * A[:, None], r.clamp(1 - lo, 1 + hi) * A[:, None])
     J_token = ((per_token * mask).sum(-1) / mask.sum(-1)).mean()
     loss, stats = gspo_policy_loss(logp, old, A, mask, lo, hi)
