@@ -21,6 +21,18 @@ log-probs are computed ONCE per pair, before training, and cached (``PairPool``)
 Chosen and rejected go through the policy in ONE concatenated forward pass
 (``data.collate_preferences``: the B chosen rows, then the B rejected rows).
 
+Other losses on the same pairs (``dpo.loss_type``, issue 17):
+
+- simpo (Meng et al., 2024): -log sigma(beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma),
+  the length-normalised log-prob as the reward and a target margin; no reference model (its
+  log-probs are never computed); |y| is the response's token count (the batch's loss_mask).
+- orpo (Hong et al., 2024): the SFT NLL of y_w (per token) plus lambda times -log sigma of the log
+  odds ratio of the per-token mean probabilities; no reference model; beta unused.
+- kto (Ethayarajh et al., 2024): each pair gives a desirable example (chosen) and an undesirable
+  one (rejected); lambda_y - v(x, y) with the reference point z_0 estimated on MISMATCHED pairs of
+  the micro-batch (prompt i with the completions of pair i + 1), by the policy and the reference,
+  each micro-batch, with no gradient. Needs a reference, and at least two pairs per micro-batch.
+
 Soft labels. A preference row's ``prob`` = P(chosen is preferred). Treating it as the
 Bradley-Terry soft label, the cross-entropy -p log sigma(beta h) - (1 - p) log sigma(-beta h) is
 exactly conservative DPO with a per-pair flip probability eps = 1 - p: that is what
@@ -61,7 +73,9 @@ from minirlhf.evaluation import evaluate_task
 from minirlhf.logger import Timer
 from minirlhf.pairs import PairPool, concatenated_logps, reference_logps
 from minirlhf.lora import apply_lora, trainable_summary
-from minirlhf.objectives import DPO_LOSS_TYPES, dpo_loss
+from minirlhf.objectives import (DPO_LOSS_TYPES, dpo_loss, kto_loss, kto_reference_point, orpo_loss,
+                                 simpo_loss)
+from minirlhf.policies import reference_policy
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
@@ -74,12 +88,24 @@ class DPOLossConfig:
     beta: float = field(default=1.0, metadata={
         "help": "beta: strength of the KL tie to the reference (> 0); 1.0 suits arithmetic's 2-4 token answers, "
                 "long responses (instruct, ~100 tokens) want ~0.1, the usual value in the DPO paper"})
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = field(
-        default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al., 2023), hinge (SLiC, Zhao et al., 2023)"})
+    loss_type: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo", "kto"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al., 2023), hinge (SLiC, Zhao et al., 2023), "
+                                             "simpo (Meng et al., 2024; no reference), orpo (Hong et al., 2024; no "
+                                             "reference), kto (Ethayarajh et al., 2024; chosen desirable, rejected "
+                                             "undesirable)"})
     label_smoothing: float = field(
         default=0.0, metadata={"help": "conservative DPO: every label flipped with this probability (sigmoid only)"})
     soft_labels: bool = field(
         default=True, metadata={"help": "use each row's prob as a soft label: conservative DPO with eps = 1 - prob"})
+    simpo_gamma: float = field(default=0.5, metadata={
+        "help": "simpo: target reward margin gamma, in reward units (the paper: beta 2.0-2.5, gamma 0.5-1.5)"})
+    orpo_lambda: float = field(default=0.1, metadata={"help": "orpo: weight lambda of the odds-ratio term (paper: 0.1)"})
+    kto_lambda_d: float = field(default=1.0, metadata={"help": "kto: weight lambda_D of desirable examples"})
+    kto_lambda_u: float = field(default=1.0, metadata={"help": "kto: weight lambda_U of undesirable examples"})
+
+
+LOSS_TYPES = DPO_LOSS_TYPES + ("simpo", "orpo", "kto")
+REFERENCE_FREE = ("simpo", "orpo")  # no pi_ref: its log-probs are never computed
 
 
 @dataclass
@@ -126,7 +152,10 @@ class DPOConfig:
 
 def build_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, ref_model=None,
                autocast=contextlib.nullcontext) -> PairPool:
-    """The rows with log pi_ref(y_w|x), log pi_ref(y_l|x) of each, computed once, before any update."""
+    """The rows with log pi_ref(y_w|x), log pi_ref(y_l|x) of each, computed once, before any update
+    (zeros, never computed, for the reference-free losses)."""
+    if cfg.dpo.loss_type in REFERENCE_FREE:
+        return PairPool(rows, torch.zeros(len(rows)), torch.zeros(len(rows)))
     max_len = cfg.max_len or model.config.block_size
     ref_c, ref_r = reference_logps(model, rows, tokenizer, template, max_len, cfg.truncation, cfg.batch_size,
                                    device, ref_model, autocast)
@@ -162,21 +191,78 @@ def pair_label_smoothing(batch: dict, cfg: DPOLossConfig):
     return cfg.label_smoothing
 
 
-def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossConfig, device):
-    """Per-pair DPO losses of one ``collate_preferences`` batch: (losses (B,), chosen_rewards (B,),
-    rejected_rewards (B,), policy_chosen_logps (B,), policy_rejected_logps (B,))."""
+def response_lengths(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """|y_w|, |y_l|: the response token counts of a ``collate_preferences`` batch (its loss_mask), (B,) each."""
+    n = batch["loss_mask"].to(device).sum(-1).float()  # (2B,)
+    B = n.size(0) // 2
+    return n[:B], n[B:]
+
+
+def mismatched_rows(rows: list[dict]) -> list[dict]:
+    """KTO's mismatched pairs: prompt i with the chosen and rejected completions of row i + 1 (cyclic)."""
+    if len(rows) < 2:
+        raise ValueError("dpo.loss_type=kto: the reference point needs at least 2 pairs per micro-batch "
+                         "(raise batch_size, or lower optim.grad_accum or the number of processes)")
+    return [{"prompt": r["prompt"], "chosen": rows[(i + 1) % len(rows)]["chosen"],
+             "rejected": rows[(i + 1) % len(rows)]["rejected"]} for i, r in enumerate(rows)]
+
+
+@torch.no_grad()
+def kto_z0(model, kl_batch: dict, device, ref_model=None) -> torch.Tensor:
+    """KTO's z_0 = max(0, mean log pi_theta(y'|x) / pi_ref(y'|x)) over the mismatched pairs of ``kl_batch``."""
+    policy = torch.cat(concatenated_logps(model, kl_batch, device))  # (2B,)
+    with reference_policy(model, ref_model) as ref:
+        reference = torch.cat(concatenated_logps(ref, kl_batch, device))
+    return kto_reference_point(policy, reference)
+
+
+def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossConfig, device, kl_batch=None,
+                     ref_model=None):
+    """Per-pair losses of one ``collate_preferences`` batch: (losses (B,), chosen_rewards (B,),
+    rejected_rewards (B,), policy_chosen_logps (B,), policy_rejected_logps (B,)).
+
+    simpo, orpo: ref_chosen, ref_rejected are unused. kto: ``kl_batch`` is the collated
+    ``mismatched_rows`` of the batch (for z_0); the loss of a pair is the mean of its desirable
+    (chosen) and undesirable (rejected) example's, so the mean over pairs is KTO's mean over examples."""
     policy_c, policy_r = concatenated_logps(model, batch, device)  # (B,), (B,)
+    if cfg.loss_type == "simpo":
+        len_c, len_r = response_lengths(batch, device)
+        losses, reward_c, reward_r = simpo_loss(policy_c, policy_r, len_c.to(policy_c.dtype),
+                                                len_r.to(policy_c.dtype), cfg.beta, cfg.simpo_gamma)
+        return losses, reward_c, reward_r, policy_c, policy_r
+    if cfg.loss_type == "orpo":
+        len_c, len_r = response_lengths(batch, device)
+        # mean token log-probs, kept just below 0: a response of probability 1 has infinite odds
+        mean_c = (policy_c / len_c.to(policy_c.dtype)).clamp(max=-1e-6)
+        mean_r = (policy_r / len_r.to(policy_r.dtype)).clamp(max=-1e-6)
+        losses, _, _ = orpo_loss(mean_c, mean_r, -policy_c / len_c.to(policy_c.dtype), cfg.orpo_lambda)
+        return losses, mean_c.detach(), mean_r.detach(), policy_c, policy_r
+    ref_c, ref_r = ref_chosen.to(device, policy_c.dtype), ref_rejected.to(device, policy_c.dtype)
+    if cfg.loss_type == "kto":
+        z0 = kto_z0(model, kl_batch, device, ref_model).to(policy_c.dtype)
+        B = policy_c.size(0)
+        desirable = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)]).to(device)
+        losses, rewards = kto_loss(torch.cat([policy_c, policy_r]), torch.cat([ref_c, ref_r]), desirable, z0,
+                                   cfg.beta, cfg.kto_lambda_d, cfg.kto_lambda_u)  # (2B,)
+        return (losses[:B] + losses[B:]) / 2, rewards[:B], rewards[B:], policy_c, policy_r
     eps = pair_label_smoothing(batch, cfg)
     if isinstance(eps, torch.Tensor):
         eps = eps.to(device=device, dtype=policy_c.dtype)
-    losses, reward_c, reward_r = dpo_loss(policy_c, policy_r, ref_chosen.to(device, policy_c.dtype),
-                                          ref_rejected.to(device, policy_c.dtype), cfg.beta, cfg.loss_type, eps)
+    losses, reward_c, reward_r = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta, cfg.loss_type, eps)
     return losses, reward_c, reward_r, policy_c, policy_r
+
+
+def kl_collate(tokenizer, template, rows, max_len, cfg: DPOConfig):
+    """The collated mismatched pairs of KTO's reference point (None for the other losses); left-truncated,
+    since a prompt with another pair's completions may be longer than either pair."""
+    if cfg.dpo.loss_type != "kto":
+        return None
+    return collate_preferences(tokenizer, template, mismatched_rows(rows), max_len, "left")
 
 
 def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOConfig, tokenizer, template,
              lr: float, device="cpu", autocast=contextlib.nullcontext, check_finite=None,
-             timer: Timer | None = None, d: DistInfo = SINGLE) -> dict:
+             timer: Timer | None = None, d: DistInfo = SINGLE, ref_model=None) -> dict:
     """One optimizer step on a list of preference rows with their cached reference log-probs.
 
     Collation, one concatenated forward pass per micro-batch, backward, gradient clipping,
@@ -199,11 +285,12 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
             "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0}
     for part in parts:
         batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
+        kl_batch = kl_collate(tokenizer, template, [rows[i] for i in part], max_len, cfg)
         index = torch.tensor(part, dtype=torch.long)
         with timer("forward"):
             with autocast():
                 losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
-                                                          cfg.dpo, device)
+                                                          cfg.dpo, device, kl_batch, ref_model)
                 loss = losses.sum() / n * d.world_size  # the mean over all n pairs of the step, x W
         if check_finite is not None:
             check_finite(loss=loss)
@@ -230,7 +317,7 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
 
 @torch.no_grad()
 def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, device,
-                 autocast=contextlib.nullcontext, prefix: str = "eval/") -> dict:
+                 autocast=contextlib.nullcontext, prefix: str = "eval/", ref_model=None) -> dict:
     """DPO loss and implicit-reward statistics of the policy on held-out pairs."""
     was_training = model.training
     model.eval()
@@ -240,9 +327,12 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
     for i in range(0, len(pool), cfg.batch_size):
         rows = pool.rows[i : i + cfg.batch_size]
         batch = collate_preferences(tokenizer, template, rows, max_len, cfg.truncation)
+        # kto's z_0 is one number per batch: a last batch of one pair takes it from the first two pairs
+        kl_rows = rows if len(rows) >= 2 else pool.rows[:2]
         with autocast():
             losses, rc, rr, _, _ = dpo_batch_losses(model, batch, pool.ref_chosen[i : i + len(rows)],
-                                                    pool.ref_rejected[i : i + len(rows)], cfg.dpo, device)
+                                                    pool.ref_rejected[i : i + len(rows)], cfg.dpo, device,
+                                                    kl_collate(tokenizer, template, kl_rows, max_len, cfg), ref_model)
         totals["loss"] += losses.sum().item()
         totals["rewards/accuracies"] += (rc > rr).float().sum().item()
         totals["rewards/margins"] += (rc - rr).sum().item()
@@ -260,8 +350,16 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
 def check_config(cfg: DPOConfig) -> None:
     if not cfg.dpo.beta > 0:
         raise ValueError(f"dpo.beta: expected a number > 0, got {cfg.dpo.beta!r}")
-    if cfg.dpo.loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"dpo.loss_type: expected one of {DPO_LOSS_TYPES}, got {cfg.dpo.loss_type!r}")
+    if cfg.dpo.loss_type not in LOSS_TYPES:
+        raise ValueError(f"dpo.loss_type: expected one of {LOSS_TYPES}, got {cfg.dpo.loss_type!r}")
+    if not cfg.dpo.orpo_lambda >= 0:
+        raise ValueError(f"dpo.orpo_lambda: expected a number >= 0, got {cfg.dpo.orpo_lambda!r}")
+    for name in ("kto_lambda_d", "kto_lambda_u"):
+        if not getattr(cfg.dpo, name) > 0:
+            raise ValueError(f"dpo.{name}: expected a number > 0, got {getattr(cfg.dpo, name)!r}")
+    if cfg.dpo.loss_type == "kto" and cfg.batch_size < 2:
+        raise ValueError(f"batch_size: dpo.loss_type=kto estimates its reference point on mismatched pairs of a "
+                         f"batch, expected >= 2, got {cfg.batch_size!r}")
     if not 0.0 <= cfg.dpo.label_smoothing < 0.5:
         raise ValueError(f"dpo.label_smoothing: expected a flip probability in [0, 0.5), "
                          f"got {cfg.dpo.label_smoothing!r}")
@@ -326,8 +424,9 @@ def dpo(cfg: DPOConfig) -> dict:
         apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
     # pi_ref. LoRA: the adapters off. Full fine-tuning: the initial weights, scored now, before any update
     # (and before a resumed run loads its checkpoint); online full fine-tuning keeps one frozen copy.
+    # KTO scores fresh mismatched pairs with pi_ref at every step, so full fine-tuning keeps the copy too.
     ref_model = None
-    if online and not cfg.lora.enabled:
+    if (online or cfg.dpo.loss_type == "kto") and not cfg.lora.enabled and cfg.dpo.loss_type not in REFERENCE_FREE:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     pool = None
@@ -353,7 +452,8 @@ def dpo(cfg: DPOConfig) -> dict:
                             max_prompts=cfg.eval_prompts, seed=cfg.run.seed)
         model.train()
         if eval_pool is not None:
-            out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast))
+            out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast,
+                                    ref_model=ref_model))
         return out
 
     start_eval = evaluate() if cfg.eval_at_start and run.start_step == 0 and run.is_main else {}
@@ -398,7 +498,8 @@ def dpo(cfg: DPOConfig) -> dict:
         else:
             rows_step, ref_c, ref_r, order = pool.batch(local_step, cfg.batch_size, seed, order)
             metrics.update(dpo_step(model, opt, params, rows_step, ref_c, ref_r, cfg, tokenizer, template,
-                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check, d=d))
+                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check, d=d,
+                                    ref_model=ref_model))
         if (step % cfg.eval_every == 0 or step == steps_total) and run.is_main:
             last_eval = evaluate()
             metrics.update(last_eval)
