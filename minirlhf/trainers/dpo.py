@@ -32,6 +32,8 @@ Other losses on the same pairs (``dpo.loss_type``, issue 17):
   one (rejected); lambda_y - v(x, y) with the reference point z_0 estimated on MISMATCHED pairs of
   the micro-batch (prompt i with the completions of pair i + 1), by the policy and the reference,
   each micro-batch, with no gradient. Needs a reference, and at least two pairs per micro-batch.
+  ``--unpaired-data FILE`` (data.load_unpaired: prompt, completion, label) trains on unpaired
+  examples instead of --data's pairs; z_0 then pairs prompt i with completion i + 1.
 
 Soft labels. A preference row's ``prob`` = P(chosen is preferred). Treating it as the
 Bradley-Terry soft label, the cross-entropy -p log sigma(beta h) - (1 - p) log sigma(-beta h) is
@@ -66,7 +68,8 @@ from typing import Literal
 
 import torch
 
-from minirlhf.data import collate_preferences, load_preferences, usable_rows
+from minirlhf.data import collate_preferences, collate_sft, encode_sft, load_preferences, load_unpaired, usable_rows
+from minirlhf.logprobs import sequence_logprobs
 from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sums
 from minirlhf.collection import load_round, round_pairs, round_seed, save_round, task_judge
 from minirlhf.evaluation import evaluate_task
@@ -75,7 +78,7 @@ from minirlhf.pairs import PairPool, concatenated_logps, reference_logps
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives import (DPO_LOSS_TYPES, dpo_loss, kto_loss, kto_reference_point, orpo_loss,
                                  simpo_loss)
-from minirlhf.policies import reference_policy
+from minirlhf.policies import dropout_off, reference_policy
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
@@ -118,6 +121,8 @@ class DPOConfig:
     eval_data: str = field(default="", metadata={
         "help": "held-out preference JSONL ('' = test.jsonl beside --data when it exists and rounds = 0, "
                 "'none' = no held-out pairs)"})
+    unpaired_data: str = field(default="", metadata={
+        "help": "dpo.loss_type=kto only: unpaired JSONL (prompt, completion, label) trained on instead of --data"})
     max_pairs: int = field(default=0, metadata={"help": "use at most this many training pairs (0: all)"})
     dpo: DPOLossConfig = field(default_factory=DPOLossConfig)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
@@ -252,6 +257,61 @@ def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossC
     return losses, reward_c, reward_r, policy_c, policy_r
 
 
+# KTO on unpaired examples (--unpaired-data): one completion per row, labelled desirable or not
+
+
+def collate_unpaired(tokenizer, template, rows: list[dict], max_len: int, truncation: str = "error") -> dict:
+    """Encode and right-pad unpaired rows ({prompt, completion, label}) as ``collate_sft`` does."""
+    encoded = encode_sft(tokenizer, template, [{"prompt": r["prompt"], "response": r["completion"]} for r in rows],
+                         max_len, truncation)
+    return collate_sft(encoded, tokenizer.pad_id)
+
+
+def unpaired_logps(model, batch: dict, device) -> torch.Tensor:
+    """log pi(y|x) of each row of a ``collate_unpaired`` batch, (B,), dropout off (as concatenated_logps)."""
+    ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
+    with dropout_off(model):
+        return sequence_logprobs(model, ids, mask, lmask)
+
+
+@torch.no_grad()
+def build_unpaired_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, autocast=contextlib.nullcontext
+                        ) -> PairPool:
+    """Unpaired rows with log pi_ref(y|x) of each (in ref_chosen; ref_rejected unused), computed once."""
+    max_len = cfg.max_len or model.config.block_size
+    ref = [torch.zeros(0)]
+    with reference_policy(model) as m:
+        for i in range(0, len(rows), cfg.batch_size):
+            with autocast():
+                ref.append(unpaired_logps(m, collate_unpaired(tokenizer, template, rows[i : i + cfg.batch_size],
+                                                              max_len, cfg.truncation), device).cpu())
+    ref_all = torch.cat(ref)
+    return PairPool(rows, ref_all, torch.zeros_like(ref_all))
+
+
+def kto_unpaired_losses(model, rows: list[dict], ref_logps, cfg: DPOConfig, tokenizer, template, max_len, device,
+                        ref_model=None):
+    """KTO on unpaired rows: (losses (B,), chosen_rewards, rejected_rewards, chosen_logps, rejected_logps),
+    the last four (B,) with the reward / log-prob on the desirable rows in "chosen" and on the undesirable
+    rows in "rejected" (0 elsewhere), so rewards/accuracies is the share of rewards of the right sign."""
+    policy = unpaired_logps(model, collate_unpaired(tokenizer, template, rows, max_len, cfg.truncation), device)
+    if len(rows) < 2:
+        raise ValueError("dpo.loss_type=kto: the reference point needs at least 2 rows per micro-batch")
+    kl_rows = [{"prompt": r["prompt"], "completion": rows[(i + 1) % len(rows)]["completion"]} for i, r in enumerate(rows)]
+    kl_batch = collate_unpaired(tokenizer, template, kl_rows, max_len, "left")
+    with torch.no_grad():
+        kl_policy = unpaired_logps(model, kl_batch, device)
+        with reference_policy(model, ref_model) as ref:
+            kl_ref = unpaired_logps(ref, kl_batch, device)
+    z0 = kto_reference_point(kl_policy, kl_ref).to(policy.dtype)
+    desirable = torch.tensor([bool(r["label"]) for r in rows], device=policy.device)
+    losses, rewards = kto_loss(policy, ref_logps.to(device, policy.dtype), desirable, z0, cfg.dpo.beta,
+                               cfg.dpo.kto_lambda_d, cfg.dpo.kto_lambda_u)
+    zero = torch.zeros_like(rewards)
+    return (losses, torch.where(desirable, rewards, zero), torch.where(desirable, zero, rewards),
+            torch.where(desirable, policy, zero), torch.where(desirable, zero, policy))
+
+
 def kl_collate(tokenizer, template, rows, max_len, cfg: DPOConfig):
     """The collated mismatched pairs of KTO's reference point (None for the other losses); left-truncated,
     since a prompt with another pair's completions may be longer than either pair."""
@@ -283,15 +343,23 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
     parts = [local[i::accum] for i in range(accum) if i < len(local)]
     sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
             "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0}
+    unpaired = "completion" in rows[0]  # --unpaired-data (KTO)
     for part in parts:
-        batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
-        kl_batch = kl_collate(tokenizer, template, [rows[i] for i in part], max_len, cfg)
         index = torch.tensor(part, dtype=torch.long)
-        with timer("forward"):
-            with autocast():
-                losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
-                                                          cfg.dpo, device, kl_batch, ref_model)
-                loss = losses.sum() / n * d.world_size  # the mean over all n pairs of the step, x W
+        if unpaired:
+            with timer("forward"):
+                with autocast():
+                    losses, rc, rr, pc, pr = kto_unpaired_losses(model, [rows[i] for i in part], ref_chosen[index],
+                                                                 cfg, tokenizer, template, max_len, device, ref_model)
+                    loss = losses.sum() / n * d.world_size
+        else:
+            batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
+            kl_batch = kl_collate(tokenizer, template, [rows[i] for i in part], max_len, cfg)
+            with timer("forward"):
+                with autocast():
+                    losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
+                                                              cfg.dpo, device, kl_batch, ref_model)
+                    loss = losses.sum() / n * d.world_size  # the mean over all n pairs of the step, x W
         if check_finite is not None:
             check_finite(loss=loss)
         with timer("backward"):
@@ -371,6 +439,8 @@ def check_config(cfg: DPOConfig) -> None:
             raise ValueError(f"{name}: expected an integer >= 1, got {getattr(cfg, name)!r}")
     if cfg.rounds < 0:
         raise ValueError(f"rounds: expected an integer >= 0, got {cfg.rounds!r}")
+    if cfg.rounds > 0 and cfg.unpaired_data:
+        raise ValueError("unpaired_data: online DPO (rounds > 0) makes its own pairs; drop --unpaired-data or --rounds")
     if cfg.rounds > 0:
         if cfg.samples_per_prompt < 2:
             raise ValueError(f"samples_per_prompt: online DPO compares pairs, expected >= 2, "
@@ -386,6 +456,12 @@ def check_config(cfg: DPOConfig) -> None:
         if not cfg.sample_temperature > 0:
             raise ValueError(f"sample_temperature: expected > 0 (a greedy policy gives K identical samples), "
                              f"got {cfg.sample_temperature!r}")
+    elif cfg.unpaired_data:
+        if cfg.dpo.loss_type != "kto":
+            raise ValueError(f"unpaired_data: unpaired examples need dpo.loss_type=kto, got {cfg.dpo.loss_type!r}")
+        if not Path(cfg.unpaired_data).is_file():
+            raise ValueError(f"unpaired_data: file {cfg.unpaired_data!r} not found (JSONL rows: prompt, completion, "
+                             f"label)")
     elif not cfg.data or not Path(cfg.data).is_file():
         raise ValueError(f"data: preference file {cfg.data!r} not found; write one with `minirlhf collect` "
                          f"(or pass --data FILE), or run online DPO with --rounds N")
@@ -393,7 +469,7 @@ def check_config(cfg: DPOConfig) -> None:
 
 def eval_data_path(cfg: DPOConfig) -> Path | None:
     """The held-out preference file: --eval-data, else test.jsonl beside --data (offline only)."""
-    if cfg.eval_data == "none" or (cfg.rounds > 0 and not cfg.eval_data):
+    if cfg.eval_data == "none" or ((cfg.rounds > 0 or cfg.unpaired_data) and not cfg.eval_data):
         return None
     if cfg.eval_data:
         if not Path(cfg.eval_data).is_file():
@@ -430,7 +506,13 @@ def dpo(cfg: DPOConfig) -> dict:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     pool = None
-    if not online:
+    if not online and cfg.unpaired_data:
+        rows = load_unpaired(cfg.unpaired_data)
+        if cfg.max_pairs:
+            rows = rows[: cfg.max_pairs]
+        pool = build_unpaired_pool(model, rows, tokenizer, template, cfg, run.device, run.autocast)
+        steps_total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pool) / cfg.batch_size))
+    elif not online:
         rows, _ = usable_rows(cfg.data, "preference", tokenizer, template, cfg.max_len or model.config.block_size,
                               cfg.truncation, cfg.on_bad_row, "dpo")
         if cfg.max_pairs:
@@ -459,6 +541,7 @@ def dpo(cfg: DPOConfig) -> dict:
     start_eval = evaluate() if cfg.eval_at_start and run.start_step == 0 and run.is_main else {}
     judge = task_judge(task, cfg.judge) if online else None
     what = (f"online, {cfg.rounds} rounds x {cfg.steps_per_round} steps, K={cfg.samples_per_prompt}" if online
+            else f"{len(pool):,} unpaired examples from {cfg.unpaired_data}" if cfg.unpaired_data
             else f"{len(pool):,} pairs from {cfg.data}")
     print(f"[dpo] {task.name}: {what}, {steps_total} steps, beta {cfg.dpo.beta}, {cfg.dpo.loss_type}, "
           f"{'LoRA' if cfg.lora.enabled else 'full fine-tuning'}: {trainable_summary(model)}")

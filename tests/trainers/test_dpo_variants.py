@@ -112,3 +112,35 @@ def test_bad_variant_settings_name_the_key(init, tmp_path, dpo_kw, match):  # no
         cfg.batch_size = 1
     with pytest.raises(ValueError, match=match):
         check_config(cfg)
+
+
+def test_kto_on_unpaired_data_uses_each_rows_label(init, tmp_path, monkeypatch):  # noqa: F811
+    """--unpaired-data: the labels reach kto_loss as the desirable flags of the step's rows, and at step 1
+    with LoRA every example's loss is lambda_y / 2. Catches: labels ignored or inverted (the logged loss
+    would weight the other lambda), the reference not subtracted, a paired file read instead."""
+    from minirlhf.data import load_preferences, write_jsonl
+    pairs = load_preferences(init / "prefs" / "train.jsonl")
+    rows = []
+    for i, p in enumerate(pairs):  # 2 desirable for 1 undesirable, so the lambdas do not average out
+        rows.append({"prompt": p["prompt"], "completion": p["chosen"], "label": True})
+        if i % 2:
+            rows.append({"prompt": p["prompt"], "completion": p["rejected"], "label": False})
+    write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    seen = []
+    original = dpo_module.kto_loss
+    monkeypatch.setattr(dpo_module, "kto_loss", lambda pol, ref, des, *a: seen.append(des.clone())
+                        or original(pol, ref, des, *a))
+    steps = []
+    original_step = dpo_module.dpo_step
+    monkeypatch.setattr(dpo_module, "dpo_step", lambda model, opt, params, rows_step, *a, **k: steps.append(
+        [r["label"] for r in rows_step]) or original_step(model, opt, params, rows_step, *a, **k))
+    ld, lu = 1.0, 1.5
+    cfg = dpo_cfg(init, tmp_path / "kto_u", steps=2, eval_at_start=False, unpaired_data=str(tmp_path / "unpaired.jsonl"),
+                  data="", dpo=DPOLossConfig(beta=0.1, loss_type="kto", kto_lambda_d=ld, kto_lambda_u=lu))
+    dpo(cfg)
+    first = read_metrics(tmp_path / "kto_u" / "metrics.jsonl")[0]
+    labels = torch.tensor(steps[0])
+    assert torch.equal(seen[0].cpu(), labels)
+    assert 0 < int(labels.sum()) < len(labels)  # both kinds in the batch
+    expected = float(torch.where(labels, ld / 2, lu / 2).mean())
+    assert first["loss"] == pytest.approx(expected, abs=1e-6)
