@@ -102,9 +102,9 @@ class DPOLossConfig:
         default=True, metadata={"help": "use each row's prob as a soft label: conservative DPO with eps = 1 - prob"})
     simpo_gamma: float = field(default=0.5, metadata={
         "help": "simpo: target reward margin gamma, in reward units (the paper: beta 2.0-2.5, gamma 0.5-1.5)"})
-    orpo_lambda: float = field(default=0.1, metadata={"help": "orpo: weight lambda of the odds-ratio term (paper: 0.1)"})
-    kto_lambda_d: float = field(default=1.0, metadata={"help": "kto: weight lambda_D of desirable examples"})
-    kto_lambda_u: float = field(default=1.0, metadata={"help": "kto: weight lambda_U of undesirable examples"})
+    orpo_lambda: float = field(default=0.1, metadata={"range": (0, False, None, False), "help": "orpo: weight lambda of the odds-ratio term (paper: 0.1)"})
+    kto_lambda_d: float = field(default=1.0, metadata={"range": (0, True, None, False), "help": "kto: weight lambda_D of desirable examples"})
+    kto_lambda_u: float = field(default=1.0, metadata={"range": (0, True, None, False), "help": "kto: weight lambda_U of undesirable examples"})
 
 
 LOSS_TYPES = DPO_LOSS_TYPES + ("simpo", "orpo", "kto")

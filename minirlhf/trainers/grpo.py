@@ -60,21 +60,21 @@ class GRPOConfig(RLConfig):
     minibatch_size: int = field(default=64, metadata={"help": "samples per optimizer step"})
     mu: int = field(default=1, metadata={"help": "passes over each batch (GRPO's inner iterations)"})
     clip_eps: float = field(default=0.2, metadata={"help": "eps of the token ratio's clip (ratio=token)"})
-    clip_eps_high: float | None = field(default=None, metadata={
+    clip_eps_high: float | None = field(default=None, metadata={"range": (0, True, None, False), 
         "help": "DAPO clip-higher: upper clip 1 + clip_eps_high of the token ratio (DAPO: 0.28; None: clip_eps)"})
     ratio: Literal["token", "sequence"] = field(default="token", metadata={
         "help": "token: PPO's per-token ratio (GRPO); sequence: GSPO's length-normalised sequence ratio and clip"})
-    seq_clip_eps: float = field(default=3e-4, metadata={"help": "GSPO's lower clip of the sequence ratio (ratio=sequence)"})
-    seq_clip_eps_high: float = field(default=4e-4, metadata={
+    seq_clip_eps: float = field(default=3e-4, metadata={"range": (0, True, None, False), "help": "GSPO's lower clip of the sequence ratio (ratio=sequence)"})
+    seq_clip_eps_high: float = field(default=4e-4, metadata={"range": (0, True, None, False), 
         "help": "GSPO's upper clip of the sequence ratio (ratio=sequence)"})
     dynamic_sampling: bool = field(default=False, metadata={
         "help": "DAPO: drop groups whose rewards are all equal and sample more prompts to refill the batch"})
-    max_extra_draws: int = field(default=4, metadata={
+    max_extra_draws: int = field(default=4, metadata={"range": (0, False, None, False), 
         "help": "dynamic_sampling: at most this many extra rollouts per iteration (then train on what was kept)"})
-    overlong_buffer: int = field(default=0, metadata={
+    overlong_buffer: int = field(default=0, metadata={"range": (0, False, None, False), 
         "help": "DAPO soft overlong punishment: responses longer than max length - this get a linear penalty "
                 "(0: off)"})
-    overlong_penalty: float = field(default=1.0, metadata={
+    overlong_penalty: float = field(default=1.0, metadata={"range": (0, False, None, False), 
         "help": "the overlong penalty at the maximum length (scales DAPO's -1)"})
     beta: float = field(default=0.04, metadata={"help": "coefficient of the k3 KL-to-reference loss term"})
     scale_rewards: bool = field(default=True, metadata={"help": "divide by the group std (False: Dr. GRPO)"})
@@ -88,9 +88,6 @@ class GRPOConfig(RLConfig):
         for key in ("prompts_per_iteration", "minibatch_size", "mu"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key {key!r}: expected >= 1, got {getattr(self, key)!r}")
-        if self.clip_eps_high is not None and not self.clip_eps_high > 0:
-            raise ConfigError(f"config key 'clip_eps_high': expected > 0 or None (symmetric clip), "
-                              f"got {self.clip_eps_high!r}")
         if self.ratio == "sequence":
             if self.loss_agg != "seq_mean":
                 raise ConfigError(f"config key 'loss_agg': ratio=sequence (GSPO) averages one term per response, "
@@ -98,16 +95,7 @@ class GRPOConfig(RLConfig):
             if self.clip_eps_high is not None:
                 raise ConfigError("config key 'clip_eps_high': clips the token ratio; with ratio=sequence set "
                                   "seq_clip_eps and seq_clip_eps_high instead")
-        for key in ("seq_clip_eps", "seq_clip_eps_high"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"config key {key!r}: expected > 0, got {getattr(self, key)!r}")
-        if not isinstance(self.overlong_buffer, int) or self.overlong_buffer < 0:
-            raise ConfigError(f"config key 'overlong_buffer': expected an int >= 0 (0: off), "
-                              f"got {self.overlong_buffer!r}")
-        if not self.overlong_penalty >= 0:
-            raise ConfigError(f"config key 'overlong_penalty': expected >= 0, got {self.overlong_penalty!r}")
-        if self.max_extra_draws < 0:
-            raise ConfigError(f"config key 'max_extra_draws': expected >= 0, got {self.max_extra_draws!r}")
+        # the ranges of clip_eps_high, seq_clip_eps(_high), overlong_*, max_extra_draws: their "range" metadata
 
 
 def grpo_loss(cfg: GRPOConfig, logp: torch.Tensor, mb: Rollout, advantages: torch.Tensor, max_len: int):

@@ -154,10 +154,20 @@ def test_overlong_penalty_is_added_to_the_score(sft_model, tmp_path, monkeypatch
 @pytest.mark.parametrize("kw,key", [
     (dict(ratio="sequence", loss_agg="token_mean"), "loss_agg"),
     (dict(ratio="sequence", clip_eps_high=0.3), "clip_eps_high"),
-    (dict(clip_eps_high=0.0), "clip_eps_high"),
-    (dict(overlong_buffer=-1), "overlong_buffer"),
-    (dict(seq_clip_eps=0.0), "seq_clip_eps"),
 ])
 def test_bad_variant_settings_name_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
         GRPOConfig(**kw)
+
+
+@pytest.mark.parametrize("flag,value", [("--clip-eps-high", "0"), ("--overlong-buffer", "-1"),
+                                        ("--overlong-penalty", "-1"), ("--seq-clip-eps", "0"),
+                                        ("--max-extra-draws", "-1")])
+def test_out_of_range_options_exit_2_naming_the_flag(capsys, flag, value):
+    """Catches: a new option without its range (a nonsense value would start a run)."""
+    from minirlhf.cli import main
+    try:
+        rc = main(["grpo", f"{flag}={value}"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2 and flag in capsys.readouterr().err
