@@ -158,7 +158,8 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
 
 
 def reinforce_pp_advantages(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, beta: float,
-                            group_size: int | None = None, kind: str = "k1", eps: float = 1e-8) -> Tensor:
+                            group_size: int | None = None, kind: str = "k1", eps: float = 1e-8,
+                            reduce=None) -> Tensor:
     """REINFORCE++ token advantages (Hu 2025): the KL-penalised return-to-go, whitened over the batch:
 
         r_t   = I(s_t = [EOS]) r(x, y) - beta KL_t,    KL_t = log pi_old(a_t|s_t) / pi_ref(a_t|s_t)  (k1)
@@ -169,8 +170,8 @@ def reinforce_pp_advantages(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask
     (consecutive groups of group_size) before the return. beta = 0 leaves the KL out of the reward (to put
     it in the loss instead). kind picks the KL estimator (kl_estimate). scores (B,); logp (the sampling
     policy's), ref_logp, mask (B,T), right-padded -> (B,T), detached, 0 on padding. mean and std (unbiased)
-    are those of this batch: under data parallelism pass the whole global batch, or whiten yourself with
-    all-reduced statistics, as the paper's global normalisation requires.
+    are those of this batch: under data parallelism pass ``reduce`` (the sum over processes,
+    distributed.global_reduction) so they are the global batch's, as the paper's global normalisation requires.
     """
     check_ndim("logp", logp, 2, "(B,T)")
     w, valid = _weights(mask, logp)
@@ -182,4 +183,4 @@ def reinforce_pp_advantages(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask
         scores = group_advantages(scores, group_size, scale=False)  # (B,) r - group mean
     rewards, _ = kl_penalized_rewards(scores, logp, ref_logp, mask, beta, kind)  # (B,T)
     returns = _zero_invalid(rewards.flip(-1).cumsum(-1).flip(-1), valid)  # (B,T) return-to-go
-    return whiten(returns, w, eps=eps)
+    return whiten(returns, w, eps=eps, reduce=reduce)

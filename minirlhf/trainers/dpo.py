@@ -21,6 +21,20 @@ log-probs are computed ONCE per pair, before training, and cached (``PairPool``)
 Chosen and rejected go through the policy in ONE concatenated forward pass
 (``data.collate_preferences``: the B chosen rows, then the B rejected rows).
 
+Other losses on the same pairs (``dpo.loss_type``, issue 17):
+
+- simpo (Meng et al., 2024): -log sigma(beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma),
+  the length-normalised log-prob as the reward and a target margin; no reference model (its
+  log-probs are never computed); |y| is the response's token count (the batch's loss_mask).
+- orpo (Hong et al., 2024): the SFT NLL of y_w (per token) plus lambda times -log sigma of the log
+  odds ratio of the per-token mean probabilities; no reference model; beta unused.
+- kto (Ethayarajh et al., 2024): each pair gives a desirable example (chosen) and an undesirable
+  one (rejected); lambda_y - v(x, y) with the reference point z_0 estimated on MISMATCHED pairs of
+  the micro-batch (prompt i with the completions of pair i + 1), by the policy and the reference,
+  each micro-batch, with no gradient. Needs a reference, and at least two pairs per micro-batch.
+  ``--unpaired-data FILE`` (data.load_unpaired: prompt, completion, label) trains on unpaired
+  examples instead of --data's pairs; z_0 then pairs prompt i with completion i + 1.
+
 Soft labels. A preference row's ``prob`` = P(chosen is preferred). Treating it as the
 Bradley-Terry soft label, the cross-entropy -p log sigma(beta h) - (1 - p) log sigma(-beta h) is
 exactly conservative DPO with a per-pair flip probability eps = 1 - p: that is what
@@ -54,14 +68,17 @@ from typing import Literal
 
 import torch
 
-from minirlhf.data import collate_preferences, load_preferences, usable_rows
+from minirlhf.data import collate_preferences, collate_sft, encode_sft, load_preferences, load_unpaired, usable_rows
+from minirlhf.logprobs import sequence_logprobs
 from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sums
 from minirlhf.collection import load_round, round_pairs, round_seed, save_round, task_judge
 from minirlhf.evaluation import evaluate_task
 from minirlhf.logger import Timer
 from minirlhf.pairs import PairPool, concatenated_logps, reference_logps
 from minirlhf.lora import apply_lora, trainable_summary
-from minirlhf.objectives import DPO_LOSS_TYPES, dpo_loss
+from minirlhf.objectives import (DPO_LOSS_TYPES, dpo_loss, kto_loss, kto_reference_point, orpo_loss,
+                                 simpo_loss)
+from minirlhf.policies import dropout_off, reference_policy
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
@@ -74,12 +91,24 @@ class DPOLossConfig:
     beta: float = field(default=1.0, metadata={
         "help": "beta: strength of the KL tie to the reference (> 0); 1.0 suits arithmetic's 2-4 token answers, "
                 "long responses (instruct, ~100 tokens) want ~0.1, the usual value in the DPO paper"})
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = field(
-        default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al., 2023), hinge (SLiC, Zhao et al., 2023)"})
+    loss_type: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo", "kto"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al., 2023), hinge (SLiC, Zhao et al., 2023), "
+                                             "simpo (Meng et al., 2024; no reference), orpo (Hong et al., 2024; no "
+                                             "reference), kto (Ethayarajh et al., 2024; chosen desirable, rejected "
+                                             "undesirable)"})
     label_smoothing: float = field(
         default=0.0, metadata={"help": "conservative DPO: every label flipped with this probability (sigmoid only)"})
     soft_labels: bool = field(
         default=True, metadata={"help": "use each row's prob as a soft label: conservative DPO with eps = 1 - prob"})
+    simpo_gamma: float = field(default=0.5, metadata={
+        "help": "simpo: target reward margin gamma, in reward units (the paper: beta 2.0-2.5, gamma 0.5-1.5)"})
+    orpo_lambda: float = field(default=0.1, metadata={"range": (0, False, None, False), "help": "orpo: weight lambda of the odds-ratio term (paper: 0.1)"})
+    kto_lambda_d: float = field(default=1.0, metadata={"range": (0, True, None, False), "help": "kto: weight lambda_D of desirable examples"})
+    kto_lambda_u: float = field(default=1.0, metadata={"range": (0, True, None, False), "help": "kto: weight lambda_U of undesirable examples"})
+
+
+LOSS_TYPES = DPO_LOSS_TYPES + ("simpo", "orpo", "kto")
+REFERENCE_FREE = ("simpo", "orpo")  # no pi_ref: its log-probs are never computed
 
 
 @dataclass
@@ -92,6 +121,8 @@ class DPOConfig:
     eval_data: str = field(default="", metadata={
         "help": "held-out preference JSONL ('' = test.jsonl beside --data when it exists and rounds = 0, "
                 "'none' = no held-out pairs)"})
+    unpaired_data: str = field(default="", metadata={
+        "help": "dpo.loss_type=kto only: unpaired JSONL (prompt, completion, label) trained on instead of --data"})
     max_pairs: int = field(default=0, metadata={"help": "use at most this many training pairs (0: all)"})
     dpo: DPOLossConfig = field(default_factory=DPOLossConfig)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(enabled=True))
@@ -126,7 +157,10 @@ class DPOConfig:
 
 def build_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, ref_model=None,
                autocast=contextlib.nullcontext) -> PairPool:
-    """The rows with log pi_ref(y_w|x), log pi_ref(y_l|x) of each, computed once, before any update."""
+    """The rows with log pi_ref(y_w|x), log pi_ref(y_l|x) of each, computed once, before any update
+    (zeros, never computed, for the reference-free losses)."""
+    if cfg.dpo.loss_type in REFERENCE_FREE:
+        return PairPool(rows, torch.zeros(len(rows)), torch.zeros(len(rows)))
     max_len = cfg.max_len or model.config.block_size
     ref_c, ref_r = reference_logps(model, rows, tokenizer, template, max_len, cfg.truncation, cfg.batch_size,
                                    device, ref_model, autocast)
@@ -162,21 +196,133 @@ def pair_label_smoothing(batch: dict, cfg: DPOLossConfig):
     return cfg.label_smoothing
 
 
-def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossConfig, device):
-    """Per-pair DPO losses of one ``collate_preferences`` batch: (losses (B,), chosen_rewards (B,),
-    rejected_rewards (B,), policy_chosen_logps (B,), policy_rejected_logps (B,))."""
+def response_lengths(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """|y_w|, |y_l|: the response token counts of a ``collate_preferences`` batch (its loss_mask), (B,) each."""
+    n = batch["loss_mask"].to(device).sum(-1).float()  # (2B,)
+    B = n.size(0) // 2
+    return n[:B], n[B:]
+
+
+def mismatched_rows(rows: list[dict]) -> list[dict]:
+    """KTO's mismatched pairs: prompt i with the chosen and rejected completions of row i + 1 (cyclic)."""
+    if len(rows) < 2:
+        raise ValueError("dpo.loss_type=kto: the reference point needs at least 2 pairs per micro-batch "
+                         "(raise batch_size, or lower optim.grad_accum or the number of processes)")
+    return [{"prompt": r["prompt"], "chosen": rows[(i + 1) % len(rows)]["chosen"],
+             "rejected": rows[(i + 1) % len(rows)]["rejected"]} for i, r in enumerate(rows)]
+
+
+@torch.no_grad()
+def kto_z0(model, kl_batch: dict, device, ref_model=None) -> torch.Tensor:
+    """KTO's z_0 = max(0, mean log pi_theta(y'|x) / pi_ref(y'|x)) over the mismatched pairs of ``kl_batch``."""
+    policy = torch.cat(concatenated_logps(model, kl_batch, device))  # (2B,)
+    with reference_policy(model, ref_model) as ref:
+        reference = torch.cat(concatenated_logps(ref, kl_batch, device))
+    return kto_reference_point(policy, reference)
+
+
+def dpo_batch_losses(model, batch: dict, ref_chosen, ref_rejected, cfg: DPOLossConfig, device, kl_batch=None,
+                     ref_model=None):
+    """Per-pair losses of one ``collate_preferences`` batch: (losses (B,), chosen_rewards (B,),
+    rejected_rewards (B,), policy_chosen_logps (B,), policy_rejected_logps (B,)).
+
+    simpo, orpo: ref_chosen, ref_rejected are unused. kto: ``kl_batch`` is the collated
+    ``mismatched_rows`` of the batch (for z_0); the loss of a pair is the mean of its desirable
+    (chosen) and undesirable (rejected) example's, so the mean over pairs is KTO's mean over examples."""
     policy_c, policy_r = concatenated_logps(model, batch, device)  # (B,), (B,)
+    if cfg.loss_type == "simpo":
+        len_c, len_r = response_lengths(batch, device)
+        losses, reward_c, reward_r = simpo_loss(policy_c, policy_r, len_c.to(policy_c.dtype),
+                                                len_r.to(policy_c.dtype), cfg.beta, cfg.simpo_gamma)
+        return losses, reward_c, reward_r, policy_c, policy_r
+    if cfg.loss_type == "orpo":
+        len_c, len_r = response_lengths(batch, device)
+        # mean token log-probs, kept just below 0: a response of probability 1 has infinite odds
+        mean_c = (policy_c / len_c.to(policy_c.dtype)).clamp(max=-1e-6)
+        mean_r = (policy_r / len_r.to(policy_r.dtype)).clamp(max=-1e-6)
+        losses, _, _ = orpo_loss(mean_c, mean_r, -policy_c / len_c.to(policy_c.dtype), cfg.orpo_lambda)
+        return losses, mean_c.detach(), mean_r.detach(), policy_c, policy_r
+    ref_c, ref_r = ref_chosen.to(device, policy_c.dtype), ref_rejected.to(device, policy_c.dtype)
+    if cfg.loss_type == "kto":
+        z0 = kto_z0(model, kl_batch, device, ref_model).to(policy_c.dtype)
+        B = policy_c.size(0)
+        desirable = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)]).to(device)
+        losses, rewards = kto_loss(torch.cat([policy_c, policy_r]), torch.cat([ref_c, ref_r]), desirable, z0,
+                                   cfg.beta, cfg.kto_lambda_d, cfg.kto_lambda_u)  # (2B,)
+        return (losses[:B] + losses[B:]) / 2, rewards[:B], rewards[B:], policy_c, policy_r
     eps = pair_label_smoothing(batch, cfg)
     if isinstance(eps, torch.Tensor):
         eps = eps.to(device=device, dtype=policy_c.dtype)
-    losses, reward_c, reward_r = dpo_loss(policy_c, policy_r, ref_chosen.to(device, policy_c.dtype),
-                                          ref_rejected.to(device, policy_c.dtype), cfg.beta, cfg.loss_type, eps)
+    losses, reward_c, reward_r = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta, cfg.loss_type, eps)
     return losses, reward_c, reward_r, policy_c, policy_r
+
+
+# KTO on unpaired examples (--unpaired-data): one completion per row, labelled desirable or not
+
+
+def collate_unpaired(tokenizer, template, rows: list[dict], max_len: int, truncation: str = "error") -> dict:
+    """Encode and right-pad unpaired rows ({prompt, completion, label}) as ``collate_sft`` does."""
+    encoded = encode_sft(tokenizer, template, [{"prompt": r["prompt"], "response": r["completion"]} for r in rows],
+                         max_len, truncation)
+    return collate_sft(encoded, tokenizer.pad_id)
+
+
+def unpaired_logps(model, batch: dict, device) -> torch.Tensor:
+    """log pi(y|x) of each row of a ``collate_unpaired`` batch, (B,), dropout off (as concatenated_logps)."""
+    ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
+    with dropout_off(model):
+        return sequence_logprobs(model, ids, mask, lmask)
+
+
+@torch.no_grad()
+def build_unpaired_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, autocast=contextlib.nullcontext
+                        ) -> PairPool:
+    """Unpaired rows with log pi_ref(y|x) of each (in ref_chosen; ref_rejected unused), computed once."""
+    max_len = cfg.max_len or model.config.block_size
+    ref = [torch.zeros(0)]
+    with reference_policy(model) as m:
+        for i in range(0, len(rows), cfg.batch_size):
+            with autocast():
+                ref.append(unpaired_logps(m, collate_unpaired(tokenizer, template, rows[i : i + cfg.batch_size],
+                                                              max_len, cfg.truncation), device).cpu())
+    ref_all = torch.cat(ref)
+    return PairPool(rows, ref_all, torch.zeros_like(ref_all))
+
+
+def kto_unpaired_losses(model, rows: list[dict], ref_logps, cfg: DPOConfig, tokenizer, template, max_len, device,
+                        ref_model=None):
+    """KTO on unpaired rows: (losses (B,), chosen_rewards, rejected_rewards, chosen_logps, rejected_logps),
+    the last four (B,) with the reward / log-prob on the desirable rows in "chosen" and on the undesirable
+    rows in "rejected" (0 elsewhere), so rewards/accuracies is the share of rewards of the right sign."""
+    policy = unpaired_logps(model, collate_unpaired(tokenizer, template, rows, max_len, cfg.truncation), device)
+    if len(rows) < 2:
+        raise ValueError("dpo.loss_type=kto: the reference point needs at least 2 rows per micro-batch")
+    kl_rows = [{"prompt": r["prompt"], "completion": rows[(i + 1) % len(rows)]["completion"]} for i, r in enumerate(rows)]
+    kl_batch = collate_unpaired(tokenizer, template, kl_rows, max_len, "left")
+    with torch.no_grad():
+        kl_policy = unpaired_logps(model, kl_batch, device)
+        with reference_policy(model, ref_model) as ref:
+            kl_ref = unpaired_logps(ref, kl_batch, device)
+    z0 = kto_reference_point(kl_policy, kl_ref).to(policy.dtype)
+    desirable = torch.tensor([bool(r["label"]) for r in rows], device=policy.device)
+    losses, rewards = kto_loss(policy, ref_logps.to(device, policy.dtype), desirable, z0, cfg.dpo.beta,
+                               cfg.dpo.kto_lambda_d, cfg.dpo.kto_lambda_u)
+    zero = torch.zeros_like(rewards)
+    return (losses, torch.where(desirable, rewards, zero), torch.where(desirable, zero, rewards),
+            torch.where(desirable, policy, zero), torch.where(desirable, zero, policy))
+
+
+def kl_collate(tokenizer, template, rows, max_len, cfg: DPOConfig):
+    """The collated mismatched pairs of KTO's reference point (None for the other losses); left-truncated,
+    since a prompt with another pair's completions may be longer than either pair."""
+    if cfg.dpo.loss_type != "kto":
+        return None
+    return collate_preferences(tokenizer, template, mismatched_rows(rows), max_len, "left")
 
 
 def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOConfig, tokenizer, template,
              lr: float, device="cpu", autocast=contextlib.nullcontext, check_finite=None,
-             timer: Timer | None = None, d: DistInfo = SINGLE) -> dict:
+             timer: Timer | None = None, d: DistInfo = SINGLE, ref_model=None) -> dict:
     """One optimizer step on a list of preference rows with their cached reference log-probs.
 
     Collation, one concatenated forward pass per micro-batch, backward, gradient clipping,
@@ -197,14 +343,23 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
     parts = [local[i::accum] for i in range(accum) if i < len(local)]
     sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
             "rewards/margins": 0.0, "logps/chosen": 0.0, "logps/rejected": 0.0}
+    unpaired = "completion" in rows[0]  # --unpaired-data (KTO)
     for part in parts:
-        batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
         index = torch.tensor(part, dtype=torch.long)
-        with timer("forward"):
-            with autocast():
-                losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
-                                                          cfg.dpo, device)
-                loss = losses.sum() / n * d.world_size  # the mean over all n pairs of the step, x W
+        if unpaired:
+            with timer("forward"):
+                with autocast():
+                    losses, rc, rr, pc, pr = kto_unpaired_losses(model, [rows[i] for i in part], ref_chosen[index],
+                                                                 cfg, tokenizer, template, max_len, device, ref_model)
+                    loss = losses.sum() / n * d.world_size
+        else:
+            batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
+            kl_batch = kl_collate(tokenizer, template, [rows[i] for i in part], max_len, cfg)
+            with timer("forward"):
+                with autocast():
+                    losses, rc, rr, pc, pr = dpo_batch_losses(model, batch, ref_chosen[index], ref_rejected[index],
+                                                              cfg.dpo, device, kl_batch, ref_model)
+                    loss = losses.sum() / n * d.world_size  # the mean over all n pairs of the step, x W
         if check_finite is not None:
             check_finite(loss=loss)
         with timer("backward"):
@@ -230,7 +385,7 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
 
 @torch.no_grad()
 def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, device,
-                 autocast=contextlib.nullcontext, prefix: str = "eval/") -> dict:
+                 autocast=contextlib.nullcontext, prefix: str = "eval/", ref_model=None) -> dict:
     """DPO loss and implicit-reward statistics of the policy on held-out pairs."""
     was_training = model.training
     model.eval()
@@ -240,9 +395,12 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
     for i in range(0, len(pool), cfg.batch_size):
         rows = pool.rows[i : i + cfg.batch_size]
         batch = collate_preferences(tokenizer, template, rows, max_len, cfg.truncation)
+        # kto's z_0 is one number per batch: a last batch of one pair takes it from the first two pairs
+        kl_rows = rows if len(rows) >= 2 else pool.rows[:2]
         with autocast():
             losses, rc, rr, _, _ = dpo_batch_losses(model, batch, pool.ref_chosen[i : i + len(rows)],
-                                                    pool.ref_rejected[i : i + len(rows)], cfg.dpo, device)
+                                                    pool.ref_rejected[i : i + len(rows)], cfg.dpo, device,
+                                                    kl_collate(tokenizer, template, kl_rows, max_len, cfg), ref_model)
         totals["loss"] += losses.sum().item()
         totals["rewards/accuracies"] += (rc > rr).float().sum().item()
         totals["rewards/margins"] += (rc - rr).sum().item()
@@ -260,8 +418,16 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
 def check_config(cfg: DPOConfig) -> None:
     if not cfg.dpo.beta > 0:
         raise ValueError(f"dpo.beta: expected a number > 0, got {cfg.dpo.beta!r}")
-    if cfg.dpo.loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"dpo.loss_type: expected one of {DPO_LOSS_TYPES}, got {cfg.dpo.loss_type!r}")
+    if cfg.dpo.loss_type not in LOSS_TYPES:
+        raise ValueError(f"dpo.loss_type: expected one of {LOSS_TYPES}, got {cfg.dpo.loss_type!r}")
+    if not cfg.dpo.orpo_lambda >= 0:
+        raise ValueError(f"dpo.orpo_lambda: expected a number >= 0, got {cfg.dpo.orpo_lambda!r}")
+    for name in ("kto_lambda_d", "kto_lambda_u"):
+        if not getattr(cfg.dpo, name) > 0:
+            raise ValueError(f"dpo.{name}: expected a number > 0, got {getattr(cfg.dpo, name)!r}")
+    if cfg.dpo.loss_type == "kto" and cfg.batch_size < 2:
+        raise ValueError(f"batch_size: dpo.loss_type=kto estimates its reference point on mismatched pairs of a "
+                         f"batch, expected >= 2, got {cfg.batch_size!r}")
     if not 0.0 <= cfg.dpo.label_smoothing < 0.5:
         raise ValueError(f"dpo.label_smoothing: expected a flip probability in [0, 0.5), "
                          f"got {cfg.dpo.label_smoothing!r}")
@@ -273,6 +439,8 @@ def check_config(cfg: DPOConfig) -> None:
             raise ValueError(f"{name}: expected an integer >= 1, got {getattr(cfg, name)!r}")
     if cfg.rounds < 0:
         raise ValueError(f"rounds: expected an integer >= 0, got {cfg.rounds!r}")
+    if cfg.rounds > 0 and cfg.unpaired_data:
+        raise ValueError("unpaired_data: online DPO (rounds > 0) makes its own pairs; drop --unpaired-data or --rounds")
     if cfg.rounds > 0:
         if cfg.samples_per_prompt < 2:
             raise ValueError(f"samples_per_prompt: online DPO compares pairs, expected >= 2, "
@@ -288,6 +456,12 @@ def check_config(cfg: DPOConfig) -> None:
         if not cfg.sample_temperature > 0:
             raise ValueError(f"sample_temperature: expected > 0 (a greedy policy gives K identical samples), "
                              f"got {cfg.sample_temperature!r}")
+    elif cfg.unpaired_data:
+        if cfg.dpo.loss_type != "kto":
+            raise ValueError(f"unpaired_data: unpaired examples need dpo.loss_type=kto, got {cfg.dpo.loss_type!r}")
+        if not Path(cfg.unpaired_data).is_file():
+            raise ValueError(f"unpaired_data: file {cfg.unpaired_data!r} not found (JSONL rows: prompt, completion, "
+                             f"label)")
     elif not cfg.data or not Path(cfg.data).is_file():
         raise ValueError(f"data: preference file {cfg.data!r} not found; write one with `minirlhf collect` "
                          f"(or pass --data FILE), or run online DPO with --rounds N")
@@ -295,7 +469,7 @@ def check_config(cfg: DPOConfig) -> None:
 
 def eval_data_path(cfg: DPOConfig) -> Path | None:
     """The held-out preference file: --eval-data, else test.jsonl beside --data (offline only)."""
-    if cfg.eval_data == "none" or (cfg.rounds > 0 and not cfg.eval_data):
+    if cfg.eval_data == "none" or ((cfg.rounds > 0 or cfg.unpaired_data) and not cfg.eval_data):
         return None
     if cfg.eval_data:
         if not Path(cfg.eval_data).is_file():
@@ -326,12 +500,19 @@ def dpo(cfg: DPOConfig) -> dict:
         apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
     # pi_ref. LoRA: the adapters off. Full fine-tuning: the initial weights, scored now, before any update
     # (and before a resumed run loads its checkpoint); online full fine-tuning keeps one frozen copy.
+    # KTO scores fresh mismatched pairs with pi_ref at every step, so full fine-tuning keeps the copy too.
     ref_model = None
-    if online and not cfg.lora.enabled:
+    if (online or cfg.dpo.loss_type == "kto") and not cfg.lora.enabled and cfg.dpo.loss_type not in REFERENCE_FREE:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     pool = None
-    if not online:
+    if not online and cfg.unpaired_data:
+        rows = load_unpaired(cfg.unpaired_data)
+        if cfg.max_pairs:
+            rows = rows[: cfg.max_pairs]
+        pool = build_unpaired_pool(model, rows, tokenizer, template, cfg, run.device, run.autocast)
+        steps_total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pool) / cfg.batch_size))
+    elif not online:
         rows, _ = usable_rows(cfg.data, "preference", tokenizer, template, cfg.max_len or model.config.block_size,
                               cfg.truncation, cfg.on_bad_row, "dpo")
         if cfg.max_pairs:
@@ -353,12 +534,14 @@ def dpo(cfg: DPOConfig) -> dict:
                             max_prompts=cfg.eval_prompts, seed=cfg.run.seed)
         model.train()
         if eval_pool is not None:
-            out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast))
+            out.update(pair_metrics(model, eval_pool, cfg, tokenizer, template, run.device, run.autocast,
+                                    ref_model=ref_model))
         return out
 
     start_eval = evaluate() if cfg.eval_at_start and run.start_step == 0 and run.is_main else {}
     judge = task_judge(task, cfg.judge) if online else None
     what = (f"online, {cfg.rounds} rounds x {cfg.steps_per_round} steps, K={cfg.samples_per_prompt}" if online
+            else f"{len(pool):,} unpaired examples from {cfg.unpaired_data}" if cfg.unpaired_data
             else f"{len(pool):,} pairs from {cfg.data}")
     print(f"[dpo] {task.name}: {what}, {steps_total} steps, beta {cfg.dpo.beta}, {cfg.dpo.loss_type}, "
           f"{'LoRA' if cfg.lora.enabled else 'full fine-tuning'}: {trainable_summary(model)}")
@@ -398,7 +581,8 @@ def dpo(cfg: DPOConfig) -> dict:
         else:
             rows_step, ref_c, ref_r, order = pool.batch(local_step, cfg.batch_size, seed, order)
             metrics.update(dpo_step(model, opt, params, rows_step, ref_c, ref_r, cfg, tokenizer, template,
-                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check, d=d))
+                                    lr_at(step, steps_total, cfg.optim), run.device, run.autocast, check, d=d,
+                                    ref_model=ref_model))
         if (step % cfg.eval_every == 0 or step == steps_total) and run.is_main:
             last_eval = evaluate()
             metrics.update(last_eval)
