@@ -170,6 +170,36 @@ def make_rollout(actor, reference, scorer, task, tokenizer, template, prompts: l
     return rollout
 
 
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """One rollout of the rows of ``parts``: prompts left-padded to the widest prompt, responses right-padded
+    to the longest (positions come from the attention mask, so the padding changes no log-prob). Each
+    part's ``extra["rows"]`` (places in a global batch) means nothing in the whole and is dropped."""
+    P = max(r.prompt_width for r in parts)
+    R = max(r.mask.size(1) for r in parts)
+
+    def pad(r: Rollout, t: torch.Tensor | None, prompt_part: bool):
+        if t is None:
+            return None
+        if prompt_part:  # (B, P'+R'): left-pad the prompt, right-pad the response
+            left, right = P - r.prompt_width, R - r.mask.size(1)
+            return torch.nn.functional.pad(t, (left, right))
+        return torch.nn.functional.pad(t, (0, R - t.size(1)))  # (B,R')
+
+    def cat(get, prompt_part=False):
+        ts = [pad(r, get(r), prompt_part) for r in parts]
+        return None if ts[0] is None else torch.cat(ts)
+
+    extra = {}
+    for k, v in parts[0].extra.items():
+        if isinstance(v, torch.Tensor) and v.dim() == 1 and k != "rows":
+            extra[k] = torch.cat([r.extra[k] for r in parts])
+    return Rollout(sum((r.prompts for r in parts), []), sum((r.responses for r in parts), []),
+                   cat(lambda r: r.input_ids, True), cat(lambda r: r.attention_mask, True), P,
+                   cat(lambda r: r.mask), torch.cat([r.ended for r in parts]), cat(lambda r: r.logprobs),
+                   cat(lambda r: r.ref_logprobs), cat(lambda r: r.values),
+                   None if parts[0].scores is None else torch.cat([r.scores for r in parts]), extra)
+
+
 def draw_prompts(prompts: list[str], n: int, generator: torch.Generator) -> list[str]:
     """n training prompts drawn with replacement from a tracked generator (so a resumed run draws
     the same ones)."""

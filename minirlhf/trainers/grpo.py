@@ -46,7 +46,7 @@ from minirlhf.objectives import (aggregate_loss, broadcast_to_tokens, entropy_fr
                                  grpo_kl_penalty, gspo_policy_loss, logprobs_from_logits, masked_mean,
                                  nonconstant_groups, overlong_penalty, ppo_policy_loss)
 from minirlhf.policies import ActorCritic
-from minirlhf.rollout import Rollout, draw_prompts
+from minirlhf.rollout import Rollout, concat_rollouts, draw_prompts
 from minirlhf.trainers.common import OptimConfig, RunConfig
 from minirlhf.trainers.rl_run import RLConfig, RLRun, gradient_step, group_metrics, minibatches, score_at_last_token
 
@@ -162,37 +162,6 @@ def with_overlong_penalty(cfg: GRPOConfig, rollout: Rollout, max_len: int) -> Ro
     return rollout
 
 
-def cat_rollouts(parts: list[Rollout]) -> Rollout:
-    """One rollout of the rows of ``parts``: prompts left-padded to the widest prompt, responses right-padded
-    to the longest (positions come from the attention mask, so the padding changes no log-prob)."""
-    if len(parts) == 1:
-        return parts[0]
-    P = max(r.prompt_width for r in parts)
-    R = max(r.mask.size(1) for r in parts)
-
-    def pad(r: Rollout, t: torch.Tensor | None, prompt_part: bool):
-        if t is None:
-            return None
-        if prompt_part:  # (B, P'+R'): left-pad the prompt, right-pad the response
-            left, right = P - r.prompt_width, R - r.mask.size(1)
-            return torch.nn.functional.pad(t, (left, right))
-        return torch.nn.functional.pad(t, (0, R - t.size(1)))  # (B,R')
-
-    def cat(get, prompt_part=False):
-        ts = [pad(r, get(r), prompt_part) for r in parts]
-        return None if ts[0] is None else torch.cat(ts)
-
-    extra = {}
-    for k, v in parts[0].extra.items():  # ("rows", places in a global batch, mean nothing across draws)
-        if isinstance(v, torch.Tensor) and v.dim() == 1 and k != "rows":
-            extra[k] = torch.cat([r.extra[k] for r in parts])
-    return Rollout(sum((r.prompts for r in parts), []), sum((r.responses for r in parts), []),
-                   cat(lambda r: r.input_ids, True), cat(lambda r: r.attention_mask, True), P,
-                   cat(lambda r: r.mask), torch.cat([r.ended for r in parts]), cat(lambda r: r.logprobs),
-                   cat(lambda r: r.ref_logprobs), cat(lambda r: r.values),
-                   torch.cat([r.scores for r in parts]), extra)
-
-
 def dynamic_rollout(cfg: GRPOConfig, run, actor, prompts: list[str]) -> tuple[Rollout, dict]:
     """DAPO's dynamic sampling: keep the groups whose rewards are not all equal (nonconstant_groups) and
     sample the groups of a fresh batch of prompts until ``len(prompts)`` groups are kept or ``max_extra_draws``
@@ -214,7 +183,7 @@ def dynamic_rollout(cfg: GRPOConfig, run, actor, prompts: list[str]) -> tuple[Ro
         draws += 1
         prompts = draw_prompts(train_prompts, want, run.shuffle)  # a full batch per draw, as DAPO samples
     stats = {"dynamic/dropped_groups": dropped, "dynamic/extra_draws": draws, "dynamic/kept_groups": n_kept}
-    return (cat_rollouts(kept) if kept else None), stats
+    return (concat_rollouts(kept) if kept else None), stats
 
 
 def grpo(cfg: GRPOConfig) -> dict:

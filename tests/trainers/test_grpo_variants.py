@@ -171,3 +171,26 @@ def test_out_of_range_options_exit_2_naming_the_flag(capsys, flag, value):
     except SystemExit as e:
         rc = e.code
     assert rc == 2 and flag in capsys.readouterr().err
+
+
+def test_concatenated_rollouts_keep_every_rows_log_probs(sft_model):
+    """concat_rollouts (dynamic sampling's refilled batch) re-pads parts of different prompt and response
+    widths: each row's response log-probs are those it had in its own part, and the parts' global row
+    ids are dropped (a subset's ids would point past the end of the new batch)."""
+    from minirlhf.rollout import concat_rollouts, response_logprobs, sample
+    from minirlhf.saving import load_model
+
+    model, tok, template, _ = load_model(sft_model)
+    g = torch.Generator().manual_seed(0)
+    a = sample(model, tok, template, ["Q: 3+4=\nA:", "Q: 12+19=\nA:"], 5, 1.0, g, num_samples=2,
+               rows=torch.arange(4), n_rows=4).select([1, 2])
+    b = sample(model, tok, template, ["Q: 1+1=\nA:"], 2, 1.0, g)
+    c = concat_rollouts([a]), concat_rollouts([a, b])
+    assert "rows" in a.extra and all("rows" not in x.extra for x in c)
+    with torch.no_grad():
+        parts = [response_logprobs(model, r) * r.mask for r in (a, b)]
+        whole = response_logprobs(model, c[1]) * c[1].mask
+    R = whole.shape[1]
+    expected = torch.cat([torch.nn.functional.pad(p, (0, R - p.shape[1])) for p in parts])
+    torch.testing.assert_close(whole, expected, atol=1e-5, rtol=0)
+    assert c[1].responses == a.responses + b.responses
