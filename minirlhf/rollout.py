@@ -111,7 +111,8 @@ def sample(policy, tokenizer, template, prompts: list[str], max_new_tokens: int,
     input_ids = torch.cat([ids, response], dim=1)
     attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
     texts = [tokenizer.decode(row[: int(n)]) for row, n in zip(response.tolist(), mask.sum(-1).tolist())]
-    return Rollout(list(prompts), texts, input_ids, attention_mask, P, mask, ended)
+    extra = {} if rows is None else {"rows": rows}  # (B,) each row's index in the global batch
+    return Rollout(list(prompts), texts, input_ids, attention_mask, P, mask, ended, extra=extra)
 
 
 @torch.no_grad()
@@ -146,7 +147,7 @@ def make_rollout(actor, reference, scorer, task, tokenizer, template, prompts: l
     ``values`` and a critic), scores (after the missing-EOS penalty), ``extra["raw_scores"]`` (before
     it) and, with ``keep_logits``, ``extra["old_logits"]``: pi_old's response logits / temperature,
     (B,R,V), for a KL over whole next-token distributions (TRPO, PPO-penalty). ``rows``/``n_rows``:
-    this batch's rows in the global batch (``sample``); recorded as ``extra["rows"]``.
+    this batch's rows in the global batch (``sample`` records them as ``extra["rows"]``).
     """
     if not temperature > 0:
         raise ValueError(f"rollout temperature must be > 0 (log-probs of greedy decoding are undefined), got {temperature}")
@@ -164,8 +165,6 @@ def make_rollout(actor, reference, scorer, task, tokenizer, template, prompts: l
             rollout.ref_logprobs = reference.logprobs(rollout, temperature)
         raw = scorer(rollout, task)
     rollout.extra["raw_scores"] = raw
-    if rows is not None:
-        rollout.extra["rows"] = rows  # (B,) each row's index in the global batch
     rollout.scores = apply_missing_eos_penalty(raw, rollout.ended, missing_eos_penalty)
     return rollout
 
