@@ -1,7 +1,6 @@
 """minirlhf report: one offline HTML page from run folders; samples.jsonl written and read back."""
 
 import json
-import math
 import os
 import re
 import shutil

@@ -1,7 +1,6 @@
 """SimPO, ORPO and KTO through the DPO trainer (dpo.loss_type): the reference-free losses never compute
 reference log-probs and their first logged loss is the objective computed here by hand from the batch's
 log-probs; KTO at step 1 with LoRA (policy = reference, z_0 = 0) gives lambda_y / 2 per example."""
-import math
 
 import pytest
 import torch

@@ -5,7 +5,7 @@ import torch
 
 from minirlhf.config import ConfigError
 from minirlhf.logger import read_metrics
-from minirlhf.objectives import gspo_policy_loss, nonconstant_groups, overlong_penalty
+from minirlhf.objectives import nonconstant_groups, overlong_penalty
 from minirlhf.trainers import rl_run
 from minirlhf.trainers.grpo import GRPOConfig, grpo
 from minirlhf.trainers.pretrain import pretrain

@@ -90,3 +90,29 @@ def test_interrupted_and_resumed_sft_matches_an_uninterrupted_run(base, tmp_path
     wa = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
     wb = load_tensors(tmp_path / "part" / "model" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupted_and_resumed_pretraining_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    import minirlhf.trainers.pretrain as pretrain_module
+
+    pretrain(pretrain_cfg(tmp_path / "full", steps=6, save_every=2))
+    original, calls = pretrain_module.clip_grad_norm, {"n": 0}
+
+    def crash_after_three(params, max_norm):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return original(params, max_norm)
+
+    part = pretrain_cfg(tmp_path / "part", steps=6, save_every=2)
+    monkeypatch.setattr(pretrain_module, "clip_grad_norm", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(part)
+    monkeypatch.setattr(pretrain_module, "clip_grad_norm", original)
+    part.run.resume = True
+    pretrain(part)
+    assert without_time(read_metrics(tmp_path / "full" / "metrics.jsonl")) == \
+        without_time(read_metrics(tmp_path / "part" / "metrics.jsonl"))
+    wa = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
+    wb = load_tensors(tmp_path / "part" / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
