@@ -210,7 +210,7 @@ def grpo(cfg: GRPOConfig) -> dict:
             if rollout is None:  # every group constant even after the extra draws: nothing to learn from
                 run.log(it, {}, **dynamic)
                 continue
-            run._rollout = rollout  # the kept groups are what the iteration's rollout metrics describe
+            run.use_rollout(rollout)  # the kept groups are what the iteration's rollout metrics describe
         else:
             rollout = with_overlong_penalty(cfg, run.rollout(actor, prompts, samples_per_prompt=G),
                                             run.max_new_tokens)

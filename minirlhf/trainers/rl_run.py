@@ -321,6 +321,10 @@ class RLRun:
                                      rows=rows, n_rows=self._n_prompts * G)
         return self._rollout
 
+    def use_rollout(self, rollout: Rollout) -> None:
+        """Make ``rollout`` the one ``log`` reports on (e.g. DAPO's kept groups, not the last draw)."""
+        self._rollout = rollout
+
     def log(self, it: int, local: dict, per_token: dict | None = None, **shared) -> None:
         """Log one iteration: the last rollout's metrics and ``local`` (this rank's values, averaged over
         ranks), ``shared`` (the same on every rank), the phase timers, and the held-out evaluation every
