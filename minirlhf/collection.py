@@ -19,11 +19,8 @@ def sample_groups(model, tokenizer, template, prompts: list[str], k: int, max_ne
                   top_p: float | None = None) -> list[list[str]]:
     """K sampled responses per prompt, each prompt prefilled once (``GPT.generate(num_samples=K)``, token
     for token what sampling the prompt repeated K times gives); ``batch_size`` rows per generate call."""
-    was_training = model.training
-    model.eval()
     texts = sample_responses(model, tokenizer, template, prompts, max_new_tokens, temperature, generator,
                              num_samples=k, batch_size=batch_size, top_k=top_k, top_p=top_p)
-    model.train(was_training)
     return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
@@ -75,8 +72,6 @@ def sample_groups_sharded(model, tokenizer, template, prompts: list[str], k: int
     samples its rows of it with their draws (``rollout.sample``'s rows)."""
     per_call = max(1, batch_size // k)  # prompts per generate call
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     groups = []
     for c, start in enumerate(range(0, len(prompts), per_call)):
         chunk = range(start, min(start + per_call, len(prompts)))
@@ -88,7 +83,6 @@ def sample_groups_sharded(model, tokenizer, template, prompts: list[str], k: int
         texts = sample(model, tokenizer, template, [prompts[i] for i in mine], max_new_tokens, temperature, gen, k,
                        rows=rows, n_rows=len(chunk) * k).responses
         groups += [texts[j * k : (j + 1) * k] for j in range(len(mine))]
-    model.train(was_training)
     return groups
 
 

@@ -131,21 +131,13 @@ class KVCache:
     """Preallocated keys and values for every layer, filled left to right.
 
     ``kv[l]`` is one (2, B, H, max_len, D) tensor per layer: keys at index 0, values at 1, so the
-    decode loop writes both of a new token with one copy. ``k[l]`` and ``v[l]`` are views of it.
+    decode loop writes both of a new token with one copy.
     Nothing is allocated after construction: each step writes into the positions it fills.
     """
 
     def __init__(self, n_layer, B, H, max_len, D, device, dtype):
         self.kv = [torch.empty(2, B, H, max_len, D, device=device, dtype=dtype) for _ in range(n_layer)]
         self.length = 0  # positions filled so far
-
-    @property
-    def k(self) -> list:
-        return [kv[0] for kv in self.kv]
-
-    @property
-    def v(self) -> list:
-        return [kv[1] for kv in self.kv]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B,H,t,D) after what is there; return all keys and values so far."""

@@ -389,7 +389,7 @@ def run_trainer_row(row: TrainerRow, reference: str | Path, workdir: str | Path)
     """Run one trainer through its command and compare its final policy with the exact target."""
     from minirlhf.data import write_jsonl
     from minirlhf.tasks import get_task
-    from minirlhf.trainers.common import parse_task_args
+    from minirlhf.tasks import parse_task_args
 
     task = get_task("bandit", **parse_task_args(TASK_ARGS))
     workdir = Path(workdir)

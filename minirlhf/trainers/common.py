@@ -32,7 +32,7 @@ from minirlhf.device import autocast, resolve_device, rng_state, seed_everything
 from minirlhf.distributed import barrier, init_distributed
 from minirlhf.folders import RunFolderError, check_input_kinds, plan_output
 from minirlhf.logger import MetricsLogger
-from minirlhf.tasks import parse_task_args, task_from_record  # noqa: F401  (parse_task_args: re-exported)
+from minirlhf.tasks import task_from_record
 
 
 @dataclass
@@ -351,10 +351,6 @@ class TrainingRun:
         self._restore_signal_handlers()
         self.logger.close()
         barrier(self.dist)
-
-    def rank_seed(self, offset: int = 0) -> int:
-        """A seed of this run for a random stream that must differ between ranks (sampling)."""
-        return self.cfg.seed + offset + 1_000_003 * self.dist.rank
 
     def model_dir(self) -> Path:
         return self.out / "model"

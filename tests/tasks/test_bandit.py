@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from minirlhf.tasks import BanditTask, get_task
-from minirlhf.trainers.common import parse_task_args
+from minirlhf.tasks import parse_task_args
 
 
 def test_shape_of_the_task():

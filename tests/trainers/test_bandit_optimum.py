@@ -19,7 +19,7 @@ import torch
 
 from minirlhf import verify_trainers as T
 from minirlhf.tasks import get_task
-from minirlhf.trainers.common import parse_task_args
+from minirlhf.tasks import parse_task_args
 
 F64 = torch.float64
 
