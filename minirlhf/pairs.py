@@ -17,9 +17,9 @@ from minirlhf.logprobs import sequence_logprobs
 from minirlhf.policies import dropout_off, reference_policy
 
 
-def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
-    ``collate_preferences`` batch (chosen rows first).
+def batch_logps(model, batch: dict, device) -> torch.Tensor:
+    """log pi(y|x) of every row of a collated batch (input_ids, attention_mask, loss_mask), (N,), in one
+    forward pass with dropout off.
 
     Always with dropout off: the policy's and the reference's log-probs are computed the same way, so
     at the start (policy = reference) every log-ratio is 0 and the loss takes its closed form (log 2
@@ -27,8 +27,14 @@ def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.
     that biases the loss and the implicit rewards."""
     ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
     with dropout_off(model):
-        logps = sequence_logprobs(model, ids, mask, lmask)  # (2B,)
-    B = ids.size(0) // 2
+        return sequence_logprobs(model, ids, mask, lmask)  # (N,)
+
+
+def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
+    ``collate_preferences`` batch (chosen rows first), dropout off (``batch_logps``)."""
+    logps = batch_logps(model, batch, device)  # (2B,)
+    B = logps.size(0) // 2
     return logps[:B], logps[B:]
 
 

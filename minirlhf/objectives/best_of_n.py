@@ -8,8 +8,6 @@ which is what the functions here do. They take tensors and return tensors (torch
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = ["best_of_n_kl_bound", "best_of_n_distribution", "best_of_n_kl"]

@@ -69,16 +69,15 @@ from typing import Literal
 import torch
 
 from minirlhf.data import collate_preferences, collate_sft, encode_sft, load_preferences, load_unpaired, usable_rows
-from minirlhf.logprobs import sequence_logprobs
 from minirlhf.distributed import SINGLE, DistInfo, all_reduce_gradients, global_sums
 from minirlhf.collection import load_round, round_pairs, round_seed, save_round, task_judge
 from minirlhf.evaluation import evaluate_task
 from minirlhf.logger import Timer
-from minirlhf.pairs import PairPool, concatenated_logps, reference_logps
+from minirlhf.pairs import PairPool, batch_logps, concatenated_logps, reference_logps
 from minirlhf.lora import apply_lora, trainable_summary
 from minirlhf.objectives import (DPO_LOSS_TYPES, dpo_loss, kto_loss, kto_reference_point, orpo_loss,
                                  simpo_loss)
-from minirlhf.policies import dropout_off, reference_policy
+from minirlhf.policies import reference_policy
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers.common import (LoRAConfig, OptimConfig, RunConfig, TaskConfig, TrainingRun, clip_grad_norm,
                                       lr_at, make_optimizer, resolve_task, set_lr)
@@ -214,10 +213,11 @@ def mismatched_rows(rows: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def kto_z0(model, kl_batch: dict, device, ref_model=None) -> torch.Tensor:
-    """KTO's z_0 = max(0, mean log pi_theta(y'|x) / pi_ref(y'|x)) over the mismatched pairs of ``kl_batch``."""
-    policy = torch.cat(concatenated_logps(model, kl_batch, device))  # (2B,)
+    """KTO's z_0 = max(0, mean log pi_theta(y'|x) / pi_ref(y'|x)) over every completion of ``kl_batch``,
+    the collated mismatched examples (paired or unpaired rows)."""
+    policy = batch_logps(model, kl_batch, device)  # (N,)
     with reference_policy(model, ref_model) as ref:
-        reference = torch.cat(concatenated_logps(ref, kl_batch, device))
+        reference = batch_logps(ref, kl_batch, device)
     return kto_reference_point(policy, reference)
 
 
@@ -267,13 +267,6 @@ def collate_unpaired(tokenizer, template, rows: list[dict], max_len: int, trunca
     return collate_sft(encoded, tokenizer.pad_id)
 
 
-def unpaired_logps(model, batch: dict, device) -> torch.Tensor:
-    """log pi(y|x) of each row of a ``collate_unpaired`` batch, (B,), dropout off (as concatenated_logps)."""
-    ids, mask, lmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
-    with dropout_off(model):
-        return sequence_logprobs(model, ids, mask, lmask)
-
-
 @torch.no_grad()
 def build_unpaired_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, autocast=contextlib.nullcontext
                         ) -> PairPool:
@@ -283,7 +276,7 @@ def build_unpaired_pool(model, rows, tokenizer, template, cfg: DPOConfig, device
     with reference_policy(model) as m:
         for i in range(0, len(rows), cfg.batch_size):
             with autocast():
-                ref.append(unpaired_logps(m, collate_unpaired(tokenizer, template, rows[i : i + cfg.batch_size],
+                ref.append(batch_logps(m, collate_unpaired(tokenizer, template, rows[i : i + cfg.batch_size],
                                                               max_len, cfg.truncation), device).cpu())
     ref_all = torch.cat(ref)
     return PairPool(rows, ref_all, torch.zeros_like(ref_all))
@@ -294,16 +287,12 @@ def kto_unpaired_losses(model, rows: list[dict], ref_logps, cfg: DPOConfig, toke
     """KTO on unpaired rows: (losses (B,), chosen_rewards, rejected_rewards, chosen_logps, rejected_logps),
     the last four (B,) with the reward / log-prob on the desirable rows in "chosen" and on the undesirable
     rows in "rejected" (0 elsewhere), so rewards/accuracies is the share of rewards of the right sign."""
-    policy = unpaired_logps(model, collate_unpaired(tokenizer, template, rows, max_len, cfg.truncation), device)
+    policy = batch_logps(model, collate_unpaired(tokenizer, template, rows, max_len, cfg.truncation), device)
     if len(rows) < 2:
         raise ValueError("dpo.loss_type=kto: the reference point needs at least 2 rows per micro-batch")
     kl_rows = [{"prompt": r["prompt"], "completion": rows[(i + 1) % len(rows)]["completion"]} for i, r in enumerate(rows)]
     kl_batch = collate_unpaired(tokenizer, template, kl_rows, max_len, "left")
-    with torch.no_grad():
-        kl_policy = unpaired_logps(model, kl_batch, device)
-        with reference_policy(model, ref_model) as ref:
-            kl_ref = unpaired_logps(ref, kl_batch, device)
-    z0 = kto_reference_point(kl_policy, kl_ref).to(policy.dtype)
+    z0 = kto_z0(model, kl_batch, device, ref_model).to(policy.dtype)
     desirable = torch.tensor([bool(r["label"]) for r in rows], device=policy.device)
     losses, rewards = kto_loss(policy, ref_logps.to(device, policy.dtype), desirable, z0, cfg.dpo.beta,
                                cfg.dpo.kto_lambda_d, cfg.dpo.kto_lambda_u)
