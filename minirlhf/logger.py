@@ -63,20 +63,29 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _parse_lines(path: Path, lines: list[str]) -> list[dict]:
-    """Parse JSONL lines; a truncated last line (a crash mid-write) is dropped, any other bad line is an error."""
-    rows = []
+def jsonl_values(lines: list[str]):
+    """(line number, value, error) for each non-blank line of a JSONL file: value parsed and error None,
+    or value None and the parser's message. A last line with no newline that does not parse (a write
+    in progress, or cut short by a crash) is dropped."""
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield i + 1, json.loads(line), None
         except json.JSONDecodeError as e:
             if i == len(lines) - 1 and not line.endswith("\n"):
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON object ({e.msg})") from None
+                return
+            yield i + 1, None, e.msg
+
+
+def _parse_lines(path: Path, lines: list[str]) -> list[dict]:
+    """Parse JSONL lines; a truncated last line (a crash mid-write) is dropped, any other bad line is an error."""
+    rows = []
+    for n, row, error in jsonl_values(lines):
+        if error is not None:
+            raise ValueError(f"{path}:{n}: not a JSON object ({error})")
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object with an int field 'step'")
+            raise ValueError(f"{path}:{n}: expected a JSON object with an int field 'step'")
         rows.append(row)
     return rows
 

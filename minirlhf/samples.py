@@ -36,6 +36,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from minirlhf.logger import jsonl_values
+
 __all__ = ["SAMPLES_FILE", "QUANTITIES", "sample_rows", "write_samples", "read_samples",
            "drop_samples_after", "token_strings"]
 
@@ -184,19 +186,10 @@ def read_samples(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         lines = f.readlines()
     rows, problems = [], []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                break  # a write in progress, or cut short by a crash
-            problems.append(f"{path}:{i + 1}: not JSON ({e.msg})")
-            continue
-        why = _valid_row(row)
+    for n, row, error in jsonl_values(lines):
+        why = f"not JSON ({error})" if error is not None else _valid_row(row)
         if why:
-            problems.append(f"{path}:{i + 1}: {why}")
+            problems.append(f"{path}:{n}: {why}")
             continue
         rows.append(row)
     return rows, problems
