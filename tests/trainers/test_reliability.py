@@ -33,28 +33,34 @@ def sft_command(init, out, steps, *extra):
             "--run.save-every", "1", "--run.threads", "1", "--run.progress", "false", *extra]
 
 
-def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(base, tmp_path):
-    steps = 40
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(sft_command(base, tmp_path / "full", steps), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(sft_command(base, tmp_path / "killed", steps), env=env,
+def sigkill_then_resume(command, tmp_path, total: int, kill_after: int, env: dict, dropped) -> None:
+    """Run ``command(out, total, *extra)`` whole in <tmp>/full; run it again in <tmp>/killed, SIGKILL it once
+    it has a checkpoint at step ``kill_after`` or later, resume it; the metrics (less the keys ``dropped``
+    names) and the final weights must equal the uninterrupted run's."""
+    subprocess.run(command(tmp_path / "full", total), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed", total), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manager = CheckpointManager(tmp_path / "killed" / "checkpoints")
     deadline = time.time() + 120
-    while (manager.latest_step() or 0) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; raise steps"
+    while (manager.latest_step() or 0) < kill_after and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; raise the step count"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = manager.latest_step()
-    assert 5 <= killed_at < steps
-    subprocess.run(sft_command(base, tmp_path / "killed", steps, "--run.resume", "true"), check=True, env=env,
+    assert kill_after <= killed_at < total
+    subprocess.run(command(tmp_path / "killed", total, "--run.resume", "true"), check=True, env=env,
                    capture_output=True)
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    drop = lambda rows: [{k: v for k, v in r.items() if not dropped(k)} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full")) == drop(read_metrics(tmp_path / "killed"))
     a = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
     b = load_tensors(tmp_path / "killed" / "model" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(base, tmp_path):
+    sigkill_then_resume(lambda out, steps, *extra: sft_command(base, out, steps, *extra), tmp_path, total=40,
+                        kill_after=5, env={**os.environ, "PYTHONUNBUFFERED": "1"}, dropped=lambda k: k == "time")
 
 
 def test_nan_stops_the_run_naming_step_and_quantity_and_keeps_the_last_checkpoint(base, tmp_path, monkeypatch):
@@ -117,27 +123,9 @@ def ppo_command(policy, out, iterations, *extra):
 
 
 def test_ppo_killed_with_sigkill_then_resumed_gives_the_uninterrupted_result(base, tmp_path):
-    iterations = 40
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(ppo_command(base, tmp_path / "full", iterations), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(ppo_command(base, tmp_path / "killed", iterations), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manager = CheckpointManager(tmp_path / "killed" / "checkpoints")
-    deadline = time.time() + 120
-    while (manager.latest_step() or 0) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed; raise iterations"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = manager.latest_step()
-    assert 3 <= killed_at < iterations
-    subprocess.run(ppo_command(base, tmp_path / "killed", iterations, "--run.resume", "true"), check=True, env=env,
-                   capture_output=True)
-    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
-    assert drop(read_metrics(tmp_path / "full")) == drop(read_metrics(tmp_path / "killed"))
-    a = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
-    b = load_tensors(tmp_path / "killed" / "model" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sigkill_then_resume(lambda out, iterations, *extra: ppo_command(base, out, iterations, *extra), tmp_path,
+                        total=40, kill_after=3, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                        dropped=lambda k: k.startswith("time"))
 
 
 def test_a_nan_in_the_ppo_loss_stops_the_run_and_keeps_the_last_checkpoint(base, tmp_path, monkeypatch):
