@@ -9,24 +9,13 @@ from minirlhf.logger import read_metrics
 from minirlhf.saving import load_model
 from minirlhf.trainers.common import LoRAConfig
 from minirlhf.trainers.grpo import GRPOConfig, grpo
-from minirlhf.trainers.pretrain import pretrain
 from minirlhf.rollout import sample
-from minirlhf.trainers.sft import sft
 import minirlhf.trainers.grpo as grpo_module
 
-from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from tiny_configs import run_cfg
 from conftest import assert_same_weights
 
 PROMPTS = ["Q: 3+4=\nA:", "Q: 9-2=\nA:", "Q: 15+1=\nA:"]
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grpo_base")
-    torch.set_num_threads(1)
-    pretrain(pretrain_cfg(out / "pt", steps=10))
-    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
-    return out / "sft" / "model"
 
 
 def grpo_cfg(policy, out, **kw):

@@ -8,20 +8,9 @@ from minirlhf.logger import read_metrics
 from minirlhf.objectives import nonconstant_groups, overlong_penalty
 from minirlhf.trainers import rl_run
 from minirlhf.trainers.grpo import GRPOConfig, grpo
-from minirlhf.trainers.pretrain import pretrain
-from minirlhf.trainers.sft import sft
 import minirlhf.trainers.grpo as grpo_module
 
-from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grpo_variants_base")
-    torch.set_num_threads(1)
-    pretrain(pretrain_cfg(out / "pt", steps=10))
-    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
-    return out / "sft" / "model"
+from tiny_configs import run_cfg
 
 
 def grpo_cfg(policy, out, **kw):

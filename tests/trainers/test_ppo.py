@@ -8,21 +8,10 @@ from minirlhf.logger import read_metrics
 from minirlhf.lora import lora_disabled
 from minirlhf.rollout import response_logprobs, sample
 from minirlhf.saving import load_model
-from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.ppo import PPOConfig, ppo
-from minirlhf.trainers.sft import sft
 
-from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from tiny_configs import run_cfg
 from conftest import assert_same_weights
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ppo_base")
-    torch.set_num_threads(1)
-    pretrain(pretrain_cfg(out / "pt", steps=10))
-    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
-    return out / "sft" / "model"
 
 
 def ppo_cfg(policy, out, **kw):

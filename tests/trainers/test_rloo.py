@@ -10,22 +10,11 @@ from minirlhf.rollout import response_logprobs
 from minirlhf.saving import load_model
 from minirlhf.trainers import rl_run
 from minirlhf.trainers.common import LoRAConfig, OptimConfig
-from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.rloo import RLOOConfig, rloo
-from minirlhf.trainers.sft import sft
 import minirlhf.trainers.rloo as rloo_module
 
-from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from tiny_configs import run_cfg
 from conftest import assert_same_weights
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rloo_base")
-    torch.set_num_threads(1)
-    pretrain(pretrain_cfg(out / "pt", steps=10))
-    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
-    return out / "sft" / "model"
 
 
 def rloo_cfg(policy, out, **kw):

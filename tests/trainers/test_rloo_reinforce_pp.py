@@ -7,21 +7,10 @@ import torch
 from minirlhf.logger import read_metrics
 from minirlhf.trainers import rl_run
 from minirlhf.trainers.common import LoRAConfig
-from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.rloo import RLOOConfig, rloo
-from minirlhf.trainers.sft import sft
 import minirlhf.trainers.rloo as rloo_module
 
-from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rloo_pp_base")
-    torch.set_num_threads(1)
-    pretrain(pretrain_cfg(out / "pt", steps=10))
-    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
-    return out / "sft" / "model"
+from tiny_configs import run_cfg
 
 
 @pytest.mark.parametrize("advantage", ["reinforce_pp", "reinforce_pp_baseline"])

@@ -8,22 +8,11 @@ from minirlhf.logger import read_metrics
 from minirlhf.objectives import flat_params
 from minirlhf.saving import load_model
 from minirlhf.trainers.common import LoRAConfig
-from minirlhf.trainers.pretrain import pretrain
-from minirlhf.trainers.sft import sft
 from minirlhf.trainers.trpo import TRPOConfig, trpo
 import minirlhf.trainers.trpo as trpo_module
 
-from tiny_configs import pretrain_cfg, run_cfg, sft_cfg
+from tiny_configs import run_cfg
 from conftest import assert_same_weights
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trpo_base")
-    torch.set_num_threads(1)
-    pretrain(pretrain_cfg(out / "pt", steps=10))
-    sft(sft_cfg(out / "pt" / "model", out / "sft", steps=6))
-    return out / "sft" / "model"
 
 
 def trpo_cfg(policy, out, **kw):
