@@ -100,6 +100,12 @@ def sdpa_attention(q, k, v, allowed, dropout_p=0.0, training=False):
     pick its fused causal kernel.
     """
     p = dropout_p if training else 0.0
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        # Under bf16 autocast on a CPU, the matmuls gain from bf16 but PyTorch's CPU attention kernel
+        # does not: its bf16 backward is several times slower than its fp32 one. So attention runs in
+        # fp32 there (autocast off, inputs upcast), and its output goes back to bf16.
+        with torch.autocast("cpu", enabled=False):
+            return sdpa_attention(q.float(), k.float(), v.float(), allowed, dropout_p, training).to(q.dtype)
     if allowed is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)

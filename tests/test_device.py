@@ -60,14 +60,44 @@ def test_bad_type():
 
 # ---------------------------------------------------------------- autocast
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_autocast_is_a_noop_on_cpu(dtype):
+def test_autocast_fp32_is_a_noop_on_cpu():
     a = torch.randn(4, 4)
-    with autocast("cpu", dtype):
+    with autocast("cpu", "fp32"):
         assert not torch.is_autocast_enabled("cpu")
         out = a @ a
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, a @ a, rtol=0, atol=0)
+
+
+def test_autocast_bf16_on_cpu_multiplies_in_bf16_and_keeps_weights_fp32():
+    a = torch.randn(16, 16, dtype=torch.float64).float()
+    w = torch.nn.Linear(16, 16)
+    with autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        out = w(a)
+    assert out.dtype == torch.bfloat16 and w.weight.dtype == torch.float32
+    # the product of the bf16-rounded operands, accumulated in fp32 and rounded once to bf16
+    exact = a.to(torch.bfloat16).double() @ w.weight.to(torch.bfloat16).double().t() + w.bias.to(torch.bfloat16).double()
+    torch.testing.assert_close(out.double(), exact, rtol=2 ** -8, atol=1e-3)
+
+
+def test_resolve_dtype(monkeypatch):
+    import minirlhf.device as device
+
+    assert device.resolve_dtype("fp32", "cpu") == "fp32" and device.resolve_dtype("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.4)  # a CPU with native bf16 matmul
+    assert device.resolve_dtype("auto", "cpu") == "bf16"
+    assert device.resolve_dtype("auto", torch.device("cuda")) == "fp32"  # a GPU: fp32 whatever the CPU does
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.3)  # bf16 converted in software
+    assert device.resolve_dtype("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="dtype: expected 'auto', 'fp32' or 'bf16'"):
+        device.resolve_dtype("fp16", "cpu")
+
+
+def test_cpu_bf16_speedup_is_a_positive_ratio():
+    from minirlhf.device import cpu_bf16_speedup
+
+    assert cpu_bf16_speedup(n=32, repeats=2) > 0
 
 
 def test_autocast_bad_dtype():

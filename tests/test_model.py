@@ -54,6 +54,33 @@ def test_reference_path_equals_sdpa_path(masked):
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_under_cpu_bf16_autocast_is_fp32_attention_of_the_bf16_inputs(masked):
+    """On the CPU, sdpa_attention upcasts bf16 q, k, v and attends in fp32 (PyTorch's bf16 CPU
+    attention backward is several times slower): the result is fp32 attention of the rounded inputs,
+    rounded once to bf16, and gradients flow back to the bf16 inputs."""
+    from minirlhf.model import sdpa_attention
+
+    torch.manual_seed(0)
+    q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in torch.randn(3, 2, 4, 9, 8).unbind(0))
+    allowed = None
+    if masked:
+        allowed = torch.ones(2, 1, 9, 9, dtype=torch.bool).tril()
+        allowed[1, :, :, :3] = False
+        allowed[1, :, :3, 0] = True  # every query keeps one key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sdpa_attention(q, k, v, allowed)
+    ref = reference_attention(q.double(), k.double(), v.double(),
+                              allowed if masked else torch.ones(9, 9, dtype=torch.bool).tril())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref, rtol=2 ** -8, atol=2 ** -8)
+    fp32 = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=allowed, is_causal=not masked).to(torch.bfloat16)
+    assert torch.equal(out, fp32)  # bit for bit: attention ran in fp32, not in bf16
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+
+
 def test_left_padding_gives_the_unpadded_logits():
     m = tiny()
     rows = [torch.randint(3, 37, (n,)) for n in (16, 9, 3)]

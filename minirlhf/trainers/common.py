@@ -43,7 +43,7 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seeds every random number of the run"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU), cpu, cuda, mps"})
     dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata={
-        "help": "bf16 autocast on CUDA for every trainer's teacher-forced forward passes (log-probs, values, "
+        "help": "bf16 autocast (CUDA, or a CPU with native bf16 matmul) for every trainer's teacher-forced forward passes (log-probs, values, "
                 "rewards, losses; log-probs and KLs are then taken in float32); sampling stays fp32"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)"})
     log_every: int = field(default=10, metadata={"help": "console line every N steps"})
