@@ -38,6 +38,11 @@ from minirlhf.stages import STAGES as REGISTRY
 
 STAGES = tuple(REGISTRY)  # pretrain, sft, collect, rm, then the algorithms, in the order they run
 ALGORITHMS = STAGES[STAGES.index("rm") + 1 :]
+# The stages that --dtype applies to: teacher-forced maximum likelihood and pairwise classification,
+# where bf16 matmuls with fp32 weights and optimizer state are the usual mixed precision. The RL stages
+# stay fp32: importance ratios, KL penalties and TRPO's KL line search compare log-probabilities of
+# separate passes, and bf16's rounding (about 1e-2 relative) is the size of what they measure.
+SUPERVISED = ("pretrain", "sft", "rm", "dpo")
 
 
 @dataclass
@@ -55,6 +60,9 @@ class PipelineConfig:
                 "empty: one run with --seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = "auto"
+    dtype: str = field(default="auto", metadata={
+        "help": "precision of the supervised stages (pretrain, sft, rm, dpo): fp32, bf16 (autocast), or auto: "
+                "bf16 on a CPU whose bf16 matmul is at least twice its fp32 one, else fp32. RL stages stay fp32"})
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
     reuse: bool = field(default=False, metadata={"help": "skip stages whose output already exists in --out "
                                                         "(an unfinished stage is run again from scratch)"})
@@ -171,6 +179,7 @@ def stage_configs(cfg: PipelineConfig) -> dict:
     sft_model, rm_model, prefs = str(out / "sft" / "model"), str(out / "rm" / "model"), out / "prefs"
     rewrite = cfg.overwrite or cfg.reuse  # a stage that runs again replaces what an earlier pipeline left
     run = {"seed": cfg.seed, "threads": cfg.threads, "device": cfg.device, "overwrite": rewrite}
+    dtype = supervised_dtype(cfg)
     task = {"name": cfg.task, "args": list(recipe["task_args"]) + list(cfg.task_args)}
     wiring = {
         "pretrain": {"task": task, "run": {**run, "out": str(out / "pretrain")}},
@@ -190,6 +199,8 @@ def stage_configs(cfg: PipelineConfig) -> dict:
         if cfg.quick:
             d = merge(d, QUICK.get(stage, {}))
         d = merge(d, wiring[stage])
+        if stage in SUPERVISED:
+            d = merge(d, {"run": {"dtype": dtype}})
         d = merge(d, overrides.get(stage, {}))
         if d.get("reward") == "RM":  # a recipe's way of saying "the pipeline's reward model"
             d["reward"] = rm_model
@@ -199,6 +210,22 @@ def stage_configs(cfg: PipelineConfig) -> dict:
     if cfg.init:  # a given model: SFT starts from it and the task comes from here, not from pretraining
         configs["sft"] = replace(configs["sft"], init=cfg.init, task=from_dict(type(configs["sft"].task), task))
     return configs
+
+
+def supervised_dtype(cfg: PipelineConfig) -> str:
+    """The precision --dtype gives the supervised stages on this machine ("fp32" or "bf16")."""
+    from minirlhf.device import resolve_device, resolve_dtype
+
+    return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+
+
+def precision_line(cfg: PipelineConfig) -> str:
+    """What results.md says of the precision, so a table is read with the arithmetic that made it."""
+    dtype = supervised_dtype(cfg)
+    how = f"--dtype {cfg.dtype}" if cfg.dtype != "auto" else \
+        f"--dtype auto{' on a CPU with native bf16 matmul' if dtype == 'bf16' else ''}"
+    return (f"Precision: {', '.join(SUPERVISED)} in {'bf16 autocast' if dtype == 'bf16' else 'fp32'} ({how}); "
+            f"the RL stages, sampling and the comparison in fp32.")
 
 
 def run_stage(stage: str, config) -> tuple[dict, float]:
@@ -335,7 +362,7 @@ def run_one_seed(cfg: PipelineConfig) -> dict:
     table = results_table(rows, times, metric_name)
     stage_times = " | ".join(f"{s} {times[s]:.0f}s" for s in stages if s in times)
     text = (f"# minirlhf pipeline: {cfg.task}{' (quick)' if cfg.quick else ''}\n\n"
-            f"Command: `{command_line(cfg)}`\n\n"
+            f"Command: `{command_line(cfg)}`\n\n{precision_line(cfg)}\n\n"
             f"{table}\n\nStage times: {stage_times}; total {total:.0f}s.\n")
     if "rm" in results:
         rm = results["rm"]
@@ -432,7 +459,7 @@ def pipeline(cfg: PipelineConfig) -> dict:
 
     metric_name = TASKS[cfg.task].metric_name
     text = (f"# minirlhf pipeline: {cfg.task}{' (quick)' if cfg.quick else ''}, {len(cfg.seeds)} seeds\n\n"
-            f"Command: `{command_line(cfg)}`\n\n{seeds_tables(per_seed, metric_name)}\n\n"
+            f"Command: `{command_line(cfg)}`\n\n{precision_line(cfg)}\n\n{seeds_tables(per_seed, metric_name)}\n\n"
             f"Each seed's own results.md, run folders and figure are in seed-N/.\n")
     try:
         from minirlhf.plotting import plot_runs

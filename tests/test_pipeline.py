@@ -41,6 +41,29 @@ def test_command_line_names_what_differs_from_the_defaults():
     assert command_line(cfg) == "minirlhf pipeline --out '/tmp/a b' --quick --algorithms ppo dpo --set ppo.iterations=3"
 
 
+def test_dtype_applies_to_the_supervised_stages_only(tmp_path, monkeypatch):
+    import minirlhf.device as device
+    from minirlhf.pipeline import SUPERVISED, precision_line
+
+    def dtypes(**kw):
+        configs = stage_configs(PipelineConfig(out=str(tmp_path), **kw))
+        return {s: c.run.dtype for s, c in configs.items() if hasattr(c, "run")}
+
+    assert set(dtypes(dtype="fp32").values()) == {"fp32"}
+    got = dtypes(dtype="bf16")
+    assert {s for s, d in got.items() if d == "bf16"} == set(SUPERVISED) == {"pretrain", "sft", "rm", "dpo"}
+    assert all(got[a] == "fp32" for a in ("ppo", "trpo", "grpo", "rloo"))
+    assert dtypes(dtype="bf16", set=["rm.run.dtype=fp32"])["rm"] == "fp32"  # --set has the last word
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.5)  # a CPU that converts bf16 in software
+    assert set(dtypes().values()) == {"fp32"}
+    assert precision_line(PipelineConfig()).startswith("Precision: pretrain, sft, rm, dpo in fp32 (--dtype auto)")
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.0)
+    assert dtypes()["pretrain"] == "bf16" and dtypes()["ppo"] == "fp32"
+    assert "in bf16 autocast (--dtype auto on a CPU with native bf16 matmul)" in precision_line(PipelineConfig())
+    with pytest.raises(ValueError, match="dtype"):
+        stage_configs(PipelineConfig(out=str(tmp_path), dtype="fp16"))
+
+
 def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "p"
@@ -59,6 +82,7 @@ def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plo
     text = (out / "results.md").read_text()
     assert text.startswith("# minirlhf pipeline: arithmetic (quick)") and "| ppo |" in text and "| dpo |" in text
     assert "Command: `minirlhf pipeline --out" in text and "Reward model (held-out pairs)" in text
+    assert "\nPrecision: pretrain, sft, rm, dpo in " in text
     configs = {s: json.loads((out / s / "config.json").read_text()) for s in ("pretrain", "sft", "rm", "dpo")}
     assert configs["pretrain"]["model"]["n_layer"] == 1 and configs["pretrain"]["steps"] == 10  # every --set applied
     assert configs["sft"]["steps"] == 4 and configs["rm"]["steps"] == 4 and configs["dpo"]["steps"] == 2
