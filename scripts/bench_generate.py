@@ -16,6 +16,11 @@ says that the comparison was skipped. ``--also-model PATH`` loads the ``GPT`` cl
 ``model.py`` (for instance the previous version, ``git show REV:minirlhf/model.py > old.py``) and
 times it in the same loop, so a before/after ratio comes from one process.
 
+"matmuls alone" times the decode loop's matrix products by themselves (same weights, same layouts,
+no attention, norms or sampling). At batch 1 they read every weight once per token, which bounds
+any fp32 decoder from above: "at most N x HF" is how far ahead of Hugging Face a decoder with no
+other cost at all could be.
+
 The machine's fp32 matmul GFLOP/s is measured first, in the same process, to say how fast the
 machine was while the figures were taken.
 """
@@ -121,6 +126,21 @@ def bench(cfg: GPTConfig, batch: int, args, other=None) -> dict:
         assert out.shape == (batch, args.prompt + args.new), out.shape
         return elapsed
 
+    def floor():
+        """The matrix products of the decode loop alone, on the same weights and layouts: no attention,
+        no norms, no sampling. At batch 1 they read every weight once per token, so this is the memory
+        traffic no fp32 decoder can avoid; its time bounds any decoder's speed from above."""
+        weights = model._decode_weights(batch)
+        h = torch.zeros(batch, cfg.n_embd)
+        t0 = time.perf_counter()
+        for _ in range(args.new):
+            for qkv, proj, fc, mlp_proj in weights[:-1]:
+                qkv(h)
+                proj(h)
+                mlp_proj(fc(h))
+            weights[-1](h)
+        return time.perf_counter() - t0
+
     times = {name: [] for name in contenders}
     for name in contenders:  # warm-up
         run(name)
@@ -128,7 +148,11 @@ def bench(cfg: GPTConfig, batch: int, args, other=None) -> dict:
         for name in contenders:
             times[name].append(run(name))
     tokens = batch * args.new
+    with torch.no_grad():
+        floor()  # warm-up
+        floor_time = statistics.median(floor() for _ in range(args.repeats))
     result = {f"{name}_tok_s": tokens / statistics.median(ts) for name, ts in times.items()}
+    result["floor_tok_s"] = tokens / floor_time
     for name in contenders:
         if name != "minirlhf":
             result[f"vs_{name}"] = statistics.median(o / m for m, o in zip(times["minirlhf"], times[name]))
@@ -163,6 +187,9 @@ def main(argv=None):
             line = f"{name:5s} batch {batch:2d}: minirlhf {r['minirlhf_tok_s']:8.0f} tok/s"
             if "hf_tok_s" in r:
                 line += f" | Hugging Face {r['hf_tok_s']:8.0f} tok/s | minirlhf/HF {r['vs_hf']:5.2f}x"
+            line += f" | matmuls alone {r['floor_tok_s']:8.0f} tok/s"
+            if "hf_tok_s" in r:
+                line += f" (at most {r['floor_tok_s'] / r['hf_tok_s']:4.2f}x HF)"
             if "other_tok_s" in r:
                 line += f" | --also-model {r['other_tok_s']:8.0f} tok/s | minirlhf/also {r['vs_other']:5.2f}x"
             print(line)

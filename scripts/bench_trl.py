@@ -19,6 +19,8 @@ minirlhf's side is its trainers' own step: ``dpo_step`` for DPO (as scripts/benc
 and, for the reward model, the body of ``train_reward_model``'s loop (collate_preferences, one
 forward of the 2B rows, Bradley-Terry loss, backward, clipping, AdamW, the metrics' host reads).
 TRL is imported only here, when installed; without it the script times minirlhf alone and says so.
+``--dtype bf16`` runs both sides in bf16 autocast (minirlhf's ``--run.dtype bf16``, TRL's ``bf16=True``),
+weights and optimizer state in fp32 on both.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from bench_generate import hf_copy  # noqa: E402
 from bench_model import CONFIGS, matmul_gflops  # noqa: E402
 
 from minirlhf.data import collate_preferences  # noqa: E402
+from minirlhf.device import autocast  # noqa: E402
 from minirlhf.heads import RewardModel  # noqa: E402
 from minirlhf.model import GPT  # noqa: E402
 from minirlhf.tasks.arithmetic import ALPHABET  # noqa: E402
@@ -66,13 +69,14 @@ def ours_dpo(rows, args) -> float:
     cfg.lora.enabled = False
     cfg.optim = OptimConfig(lr=LR, warmup_steps=0)
     model.train()
-    pool = build_pool(model, rows, tok, template, cfg, "cpu")
+    cast = lambda: autocast("cpu", args.dtype)  # noqa: E731
+    pool = build_pool(model, rows, tok, template, cfg, "cpu", autocast=cast)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg.optim)
     order, stamps = None, [time.perf_counter()]
     for step in range(1, args.steps + 1):
         batch_rows, ref_c, ref_r, order = pool.batch(step, cfg.batch_size, cfg.run.seed, order)
-        dpo_step(model, opt, params, batch_rows, ref_c, ref_r, cfg, tok, template, LR, "cpu")
+        dpo_step(model, opt, params, batch_rows, ref_c, ref_r, cfg, tok, template, LR, "cpu", autocast=cast)
         stamps.append(time.perf_counter())
     return step_times(stamps, args.warmup)
 
@@ -91,7 +95,9 @@ def ours_rm(rows, args) -> float:
     for step in range(1, args.steps + 1):
         part = rows[(step - 1) * args.pairs: step * args.pairs]
         batch = collate_preferences(tok, template, part, max_len, "error")
-        chosen, rejected = pair_scores(model, batch, "cpu")
+        with autocast("cpu", args.dtype):
+            chosen, rejected = pair_scores(model, batch, "cpu")
+        chosen, rejected = chosen.float(), rejected.float()
         labels = pair_tensors(part, cfg.use_strength, chosen.dtype, "cpu")
         loss = pair_loss(chosen, rejected, labels, cfg)
         loss.backward()
@@ -143,7 +149,7 @@ def trl_common_args(args, tmp):
     return dict(output_dir=tmp, per_device_train_batch_size=args.pairs, max_steps=args.steps, learning_rate=LR,
                 lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                 logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0,
-                seed=0, disable_tqdm=True, remove_unused_columns=False)
+                seed=0, disable_tqdm=True, remove_unused_columns=False, bf16=args.dtype == "bf16")
 
 
 def trl_dpo(rows, args) -> float:
@@ -199,6 +205,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--which", nargs="+", default=["dpo", "rm"], choices=["dpo", "rm"])
     ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: both sides in bf16 autocast (minirlhf --run.dtype bf16, TRL bf16=True)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -213,7 +221,7 @@ def main(argv=None):
     except ImportError:
         note, have_trl = "trl not installed: the TRL comparison is skipped", False
     c = CONFIGS["TINY"]["cfg"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32; {note}; TINY GPT (V={c.vocab_size}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; {note}; TINY GPT (V={c.vocab_size}, "
           f"L={c.n_layer}, H={c.n_head}, C={c.n_embd}), full fine-tuning, {args.pairs} pairs/step, "
           f"~{args.seq_len} characters/sequence; median step time of steps {args.warmup + 1}..{args.steps}, "
           f"medians of {args.repeats} alternating runs")
