@@ -1,10 +1,7 @@
 """--run.dtype bf16 in the RL trainers (PPO, TRPO, GRPO, RLOO): every teacher-forced forward pass of a
 training iteration (log-probs, values, the reward model, the updates) runs inside the run's autocast,
-and the runs finish with finite losses.
-
-On the CPU ``TrainingRun.autocast`` is a no-op (bf16 autocast is for CUDA), so here it is replaced by
-torch's CPU bfloat16 autocast, which computes the matmuls in bfloat16 as CUDA would."""
-import contextlib
+and the runs finish with finite losses. On the CPU, ``--run.dtype bf16`` is torch's CPU bfloat16
+autocast, which computes the matmuls in bfloat16 as CUDA's does."""
 import math
 
 import pytest
@@ -18,7 +15,6 @@ from minirlhf.logger import read_metrics
 from minirlhf.model import GPT
 from minirlhf.saving import load_model, save_model
 from minirlhf.trainers import rl_run
-from minirlhf.trainers.common import TrainingRun
 from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.sft import sft
 
@@ -39,16 +35,11 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def forward_passes(monkeypatch):
-    """Use a real bfloat16 autocast on the CPU for --run.dtype bf16, and record for every teacher-forced
-    forward pass (GPT.hidden_states: the policy, the reference, the critic, the reward model) whether it
-    ran under bf16 autocast, leaving out the held-out evaluation (greedy and sampled generation)."""
+    """Record for every teacher-forced forward pass (GPT.hidden_states: the policy, the reference, the
+    critic, the reward model) whether it ran under bf16 autocast, leaving out the held-out evaluation
+    (greedy and sampled generation)."""
     passes = {"bf16": 0, "fp32": 0}
     state = {"evaluating": False}
-
-    def cpu_autocast(self):
-        if self.cfg.dtype == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     hidden_states = GPT.hidden_states
 
@@ -58,7 +49,6 @@ def forward_passes(monkeypatch):
             passes["bf16" if on else "fp32"] += 1
         return hidden_states(self, *args, **kwargs)
 
-    monkeypatch.setattr(TrainingRun, "autocast", cpu_autocast)
     monkeypatch.setattr(GPT, "hidden_states", recording)
     evaluate = rl_run.evaluate  # every RL trainer evaluates through its run skeleton
 
