@@ -60,7 +60,7 @@ class PipelineConfig:
                 "empty: one run with --seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = "auto"
-    dtype: str = field(default="auto", metadata={
+    dtype: str = field(default="fp32", metadata={
         "help": "precision of the supervised stages (pretrain, sft, rm, dpo): fp32, bf16 (autocast), or auto: "
                 "bf16 on a CPU whose bf16 matmul is at least twice its fp32 one, else fp32. RL stages stay fp32"})
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
@@ -223,7 +223,7 @@ def precision_line(cfg: PipelineConfig) -> str:
     """What results.md says of the precision, so a table is read with the arithmetic that made it."""
     dtype = supervised_dtype(cfg)
     how = f"--dtype {cfg.dtype}" if cfg.dtype != "auto" else \
-        f"--dtype auto{' on a CPU with native bf16 matmul' if dtype == 'bf16' else ''}"
+        f"--dtype auto{' on a CPU with native bf16 matmul' if dtype == 'bf16' else ', no native bf16 here'}"
     return (f"Precision: {', '.join(SUPERVISED)} in {'bf16 autocast' if dtype == 'bf16' else 'fp32'} ({how}); "
             f"the RL stages, sampling and the comparison in fp32.")
 

@@ -54,12 +54,14 @@ def test_dtype_applies_to_the_supervised_stages_only(tmp_path, monkeypatch):
     assert {s for s, d in got.items() if d == "bf16"} == set(SUPERVISED) == {"pretrain", "sft", "rm", "dpo"}
     assert all(got[a] == "fp32" for a in ("ppo", "trpo", "grpo", "rloo"))
     assert dtypes(dtype="bf16", set=["rm.run.dtype=fp32"])["rm"] == "fp32"  # --set has the last word
+    assert set(dtypes().values()) == {"fp32"}  # the default, whatever the CPU
+    assert precision_line(PipelineConfig()).startswith("Precision: pretrain, sft, rm, dpo in fp32 (--dtype fp32)")
     monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.5)  # a CPU that converts bf16 in software
-    assert set(dtypes().values()) == {"fp32"}
-    assert precision_line(PipelineConfig()).startswith("Precision: pretrain, sft, rm, dpo in fp32 (--dtype auto)")
+    assert set(dtypes(dtype="auto").values()) == {"fp32"}
+    assert "in fp32 (--dtype auto, no native bf16 here)" in precision_line(PipelineConfig(dtype="auto"))
     monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.0)
-    assert dtypes()["pretrain"] == "bf16" and dtypes()["ppo"] == "fp32"
-    assert "in bf16 autocast (--dtype auto on a CPU with native bf16 matmul)" in precision_line(PipelineConfig())
+    assert dtypes(dtype="auto")["pretrain"] == "bf16" and dtypes(dtype="auto")["ppo"] == "fp32"
+    assert "in bf16 autocast (--dtype auto on a CPU with native bf16 matmul)" in precision_line(PipelineConfig(dtype="auto"))
     with pytest.raises(ValueError, match="dtype"):
         stage_configs(PipelineConfig(out=str(tmp_path), dtype="fp16"))
 
