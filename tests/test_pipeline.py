@@ -52,7 +52,7 @@ def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plo
     args = ["pipeline", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "16"]
     cli_main(args + [x for item in tiny for x in ("--set", item)])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"sft", *ALGORITHMS}
+    assert set(results["rows"]) == {"sft", *ALGORITHMS, "bon"}
     assert results["rows"]["sft"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)  # the SFT model against itself
     for alg in ALGORITHMS:
         assert 0.0 <= results["rows"][alg]["accuracy"] <= 1.0 and results["rows"][alg]["kl_to_sft"] >= 0.0
@@ -125,7 +125,7 @@ def test_the_quick_bandit_pipeline_runs_every_stage(tmp_path):
     cli_main(["pipeline", "--task", "bandit", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "4",
               "--set", "pretrain.steps=40"])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"sft", *ALGORITHMS}
+    assert set(results["rows"]) == {"sft", *ALGORITHMS, "bon"}
     for stage in ("pretrain", "sft", "rm", *ALGORITHMS):
         assert (out / stage / "model").is_dir(), stage
     assert (out / "prefs" / "train.jsonl").stat().st_size > 0
@@ -145,7 +145,8 @@ def test_variants_run_their_base_command_with_fixed_options_and_their_own_folder
     assert configs["gspo"].ratio == "sequence" and configs["gspo"].iterations == 9  # the base's --set carries over
     assert configs["dapo"].dynamic_sampling and configs["dapo"].clip_eps_high == 0.28 and configs["dapo"].iterations == 4
     assert configs["reinforce_pp"].advantage == "reinforce_pp"
-    assert "kto" not in stage_configs(PipelineConfig(out=str(tmp_path)))  # the default stays the five
+    assert "kto" not in stage_configs(PipelineConfig(out=str(tmp_path)))  # the default: the five and bon
+    assert PipelineConfig().algorithms == [*ALGORITHMS, "bon"]
     with pytest.raises(ValueError, match="unknown.*choose from.*kto.*bon or all"):
         stage_configs(PipelineConfig(algorithms=["ppo", "dpo-but-better"]))
     with pytest.raises(ValueError, match="stage.key=value"):
