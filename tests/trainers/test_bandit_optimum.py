@@ -118,6 +118,11 @@ def test_kto_signs_follow_desirable_minus_undesirable_counts():
     wins = torch.tensor([[0, 3, 1], [1, 0, 2], [3, 1, 0]], dtype=F64)  # chosen 4, 3, 4; rejected 4, 4, 3
     assert T.kto_signs(wins).tolist() == [0.0, -1.0, 1.0]
     assert T.kto_signs(wins, lambda_d=2.0).tolist() == [1.0, 1.0, 1.0]
+    # with pi_ref: the rising arms share the simplex at the limit, and a rising arm that pi_ref already
+    # favours (arm 1, pi_ref 0.8, c = 7 against arm 0's 11) ends below pi_ref
+    wins = torch.tensor([[0, 10, 10], [9, 0, 9], [0, 1, 0]], dtype=F64)
+    assert T.kto_signs(wins).tolist() == [1.0, 1.0, -1.0]
+    assert T.kto_signs(wins, ref=torch.tensor([0.1, 0.8, 0.1], dtype=F64), beta=0.3).tolist() == [1.0, -1.0, -1.0]
 
 
 def test_dapo_fixed_point_zeroes_the_brute_force_gradient_over_kept_groups():
@@ -172,13 +177,7 @@ def test_targets_are_far_from_the_reference(workdir):
         assert far > 3 * bound, row.name
 
 
-# Rows run by `minirlhf verify --trainers` but not here, to keep the suite's time: GSPO (300 iterations) and
-# DAPO share GRPO's code path, which trainer/grpo runs; REINFORCE++-baseline shares REINFORCE++'s.
-NOT_IN_SUITE = {"trainer/gspo", "trainer/dapo", "trainer/reinforce_pp_baseline"}
-SUITE_ROWS = [r for r in T.ROWS if r.name not in NOT_IN_SUITE]
-
-
-@pytest.mark.parametrize("row", SUITE_ROWS, ids=[r.name.split("/")[-1] for r in SUITE_ROWS])
+@pytest.mark.parametrize("row", T.ROWS, ids=[r.name.split("/")[-1] for r in T.ROWS])
 def test_trainer_reaches_its_exact_optimum(workdir, row):
     result = T.run_trainer_row(row, workdir / "reference" / "sft" / "model", workdir)
     detail = "\n".join(f"  {p}: policy {[round(x, 3) for x in v['policy']]} target "
