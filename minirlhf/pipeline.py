@@ -20,7 +20,7 @@ comparison evaluates every policy the same way on the same held-out prompts:
     KL to SFT     E_{y ~ pi} sum_t KL(pi(.|x, y_<t) || pi_sft(.|x, y_<t)), sampled at temperature 1;
                   by the chain rule this is KL(pi(.|x) || pi_sft(.|x)) over whole responses
 
-and adds a row "bon" (on by default): best of --bon_n samples from the SFT model by reward-model score,
+and adds a row "bon" (on by default): best of --bon-n samples from the SFT model by reward-model score,
 with the bound log n - (n-1)/n in its KL column (best_of_n_row).
 """
 from __future__ import annotations
