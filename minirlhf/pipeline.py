@@ -7,6 +7,7 @@ PPO, TRPO, GRPO, RLOO and DPO, each from the same SFT start; then one table and 
     minirlhf pipeline --task bandit        one-token arms with seeded rewards (seconds per stage)
     minirlhf pipeline --set ppo.iterations=80 --set dpo.dpo.beta=0.2     change any stage's option
     minirlhf pipeline --seeds 0 1 2        the experiment per seed; results.md gives mean ± sd and each seed
+    minirlhf pipeline --algorithms all     also the variants (VARIANTS: kto, orpo, simpo, gspo, dapo, reinforce_pp)
     minirlhf pipeline --task jsonl --task-args sft=dolly.jsonl --init models/gpt2
                                            your own data from a given model (minirlhf import): no pretraining
 
@@ -18,6 +19,9 @@ comparison evaluates every policy the same way on the same held-out prompts:
     reward        the reward model's normalised score of greedy responses
     KL to SFT     E_{y ~ pi} sum_t KL(pi(.|x, y_<t) || pi_sft(.|x, y_<t)), sampled at temperature 1;
                   by the chain rule this is KL(pi(.|x) || pi_sft(.|x)) over whole responses
+
+and adds a row "bon" (on by default): best of --bon-n samples from the SFT model by reward-model score,
+with the bound log n - (n-1)/n in its KL column (best_of_n_row).
 """
 from __future__ import annotations
 
@@ -37,12 +41,56 @@ from minirlhf.config import from_dict, save_config, to_dict, validate_ranges
 from minirlhf.stages import STAGES as REGISTRY
 
 STAGES = tuple(REGISTRY)  # pretrain, sft, collect, rm, then the algorithms, in the order they run
-ALGORITHMS = STAGES[STAGES.index("rm") + 1 :]
 # The stages that --dtype applies to: teacher-forced maximum likelihood and pairwise classification,
 # where bf16 matmuls with fp32 weights and optimizer state are the usual mixed precision. The RL stages
 # stay fp32: importance ratios, KL penalties and TRPO's KL line search compare log-probabilities of
 # separate passes, and bf16's rounding (about 1e-2 relative) is the size of what they measure.
-SUPERVISED = ("pretrain", "sft", "rm", "dpo")
+SUPERVISED = ("pretrain", "sft", "rm", "dpo")  # and the variants run by dpo's command (kto, orpo, simpo)
+ALGORITHMS = STAGES[STAGES.index("rm") + 1 :]  # the default comparison: ppo, trpo, grpo, rloo, dpo
+
+# Variants: an existing stage's command with fixed options (the trainers' options, README "Variants as
+# options of the trainers"), each with its own run folder <out>/<name> and row of the results table.
+# Resolved as: the base stage's defaults <- recipe <- --quick <- --set base.key=value <- these options
+# <- --set name.key=value. Hyperparameters are the papers' where they carry over to 2-4 token answers.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    # These three take hard labels only (soft_labels off: a row's prob is ignored; the default collect drops
+    # ties, so every row has prob 1 and nothing is lost; --quick keeps ties as prob 0.5, then read as hard).
+    # Ethayarajh et al. 2024: each pair's chosen answer is a desirable example, its rejected one undesirable
+    "kto": ("dpo", {"dpo": {"loss_type": "kto", "soft_labels": False}}),
+    # Hong et al. 2024: lambda 0.1
+    "orpo": ("dpo", {"dpo": {"loss_type": "orpo", "orpo_lambda": 0.1, "soft_labels": False}}),
+    # Meng et al. 2024: beta 2.0-2.5, gamma 0.5-1.5 (reward units)
+    "simpo": ("dpo", {"dpo": {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "soft_labels": False}}),
+    # Zheng et al. 2025: the sequence ratio with its own narrow clip (the grpo trainer's defaults)
+    "gspo": ("grpo", {"ratio": "sequence"}),
+    # Yu et al. 2025: clip-higher 0.28, dynamic sampling, token-level loss; the soft overlong penalty on the
+    # last 2 tokens of the budget (an arithmetic answer of 3 digits + EOS stays clear of it)
+    "dapo": ("grpo", {"clip_eps_high": 0.28, "dynamic_sampling": True, "loss_agg": "token_mean",
+                      "overlong_buffer": 2, "overlong_penalty": 1.0}),
+    # Hu 2025: the KL-penalised return-to-go, whitened over the batch
+    "reinforce_pp": ("rloo", {"advantage": "reinforce_pp"}),
+}
+# bon: best-of-n sampling from the SFT model against the reward model, a policy with no training
+# (``best_of_n_row``); run by the comparison, not a stage.
+BON = "bon"
+ALL_ALGORITHMS = ALGORITHMS + tuple(VARIANTS) + (BON,)
+# The default comparison: the five stages and bon (300 prompts x 16 samples cost ~3 s of one core on the
+# arithmetic recipe's model; more on the instruction task's longer responses: --algorithms without bon)
+DEFAULT_ALGORITHMS = ALGORITHMS + (BON,)
+
+
+def base_stage(name: str) -> str:
+    """The stage whose command runs ``name`` (itself for a stage)."""
+    return VARIANTS[name][0] if name in VARIANTS else name
+
+
+def resolve_algorithms(names: list[str]) -> list[str]:
+    """--algorithms as given ("all": every algorithm, variant and bon), in ALL_ALGORITHMS order."""
+    chosen = set(ALL_ALGORITHMS) if "all" in names else set(names)
+    unknown = sorted(chosen - set(ALL_ALGORITHMS))
+    if unknown:
+        raise ValueError(f"--algorithms: unknown {unknown}; choose from {', '.join(ALL_ALGORITHMS)} or all")
+    return [a for a in ALL_ALGORITHMS if a in chosen]
 
 
 @dataclass
@@ -63,7 +111,11 @@ class PipelineConfig:
     dtype: str = field(default="fp32", metadata={
         "help": "precision of the supervised stages (pretrain, sft, rm, dpo): fp32, bf16 (autocast), or auto: "
                 "bf16 on a CPU whose bf16 matmul is at least twice its fp32 one, else fp32. RL stages stay fp32"})
-    algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
+    algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS), metadata={
+        "help": "the policies compared: stages ppo trpo grpo rloo dpo, variants kto orpo simpo gspo dapo "
+                "reinforce_pp, bon (best-of-n from SFT against the RM; on by default), or all"})
+    bon_n: int = field(default=16, metadata={"range": (1, True, None, False),
+                                             "help": "bon: samples per prompt (the best by reward model score)"})
     reuse: bool = field(default=False, metadata={"help": "skip stages whose output already exists in --out "
                                                         "(an unfinished stage is run again from scratch)"})
     overwrite: bool = field(default=False, metadata={"help": "replace the runs of an earlier pipeline in --out"})
@@ -151,8 +203,9 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
-        if not sep or len(parts) < 2 or parts[0] not in STAGES:
-            raise ValueError(f"--set {item!r}: expected stage.key=value with stage one of {', '.join(STAGES)}")
+        if not sep or len(parts) < 2 or parts[0] not in STAGES + tuple(VARIANTS):
+            raise ValueError(f"--set {item!r}: expected stage.key=value with stage one of "
+                             f"{', '.join(STAGES + tuple(VARIANTS))}")
         try:
             parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -171,9 +224,7 @@ def stage_configs(cfg: PipelineConfig) -> dict:
 
     if cfg.task not in RECIPES:
         raise ValueError(f"--task: expected one of {sorted(RECIPES)}, got {cfg.task!r}")
-    unknown = sorted(set(cfg.algorithms) - set(ALGORITHMS))
-    if unknown:
-        raise ValueError(f"--algorithms: unknown {unknown}; choose from {', '.join(ALGORITHMS)}")
+    algorithms = resolve_algorithms(cfg.algorithms)
     recipe = RECIPES[cfg.task]
     out = Path(cfg.out)
     sft_model, rm_model, prefs = str(out / "sft" / "model"), str(out / "rm" / "model"), out / "prefs"
@@ -207,6 +258,21 @@ def stage_configs(cfg: PipelineConfig) -> dict:
         if stage in ("ppo", "trpo") and "reward" not in recipe.get(stage, {}) and "reward" not in overrides.get(stage, {}):
             d["reward"] = rm_model  # PPO and TRPO learn from the reward model, as in RLHF
         configs[stage] = validate_ranges(from_dict(cls, d), stage)
+    for name in (a for a in algorithms if a in VARIANTS):
+        base, options = VARIANTS[name]
+        cls = classes[base]
+        d = merge(to_dict(cls()), recipe.get(base, {}))
+        if cfg.quick:
+            d = merge(d, QUICK.get(base, {}))
+        if base in SUPERVISED:
+            d = merge(d, {"run": {"dtype": dtype}})
+        d = merge(d, overrides.get(base, {}))
+        d = merge(d, options)
+        d = merge(d, {**wiring[base], "run": {**wiring[base]["run"], "out": str(out / name)}})
+        d = merge(d, overrides.get(name, {}))
+        if d.get("reward") == "RM":
+            d["reward"] = rm_model
+        configs[name] = validate_ranges(from_dict(cls, d), name)
     if cfg.init:  # a given model: SFT starts from it and the task comes from here, not from pretraining
         configs["sft"] = replace(configs["sft"], init=cfg.init, task=from_dict(type(configs["sft"].task), task))
     return configs
@@ -233,7 +299,7 @@ def run_stage(stage: str, config) -> tuple[dict, float]:
 
     print(f"\n=== {stage} ===", flush=True)
     t0 = time.perf_counter()
-    result = function(stage)(config)
+    result = function(base_stage(stage))(config)
     return result, time.perf_counter() - t0
 
 
@@ -262,9 +328,39 @@ def kl_to_reference(policy, reference, tokenizer, template, prompts, max_new_tok
 
 
 @torch.no_grad()
+def best_of_n_row(reference, rm, task, tokenizer, template, prompts: list[str], n: int, seed: int) -> dict:
+    """Best-of-n as a policy: n responses per prompt from the SFT model at temperature 1, the answer is the
+    one the reward model scores highest. Its one answer per prompt fills both accuracy columns (the
+    policy is itself a sampler: there is no separate greedy answer) and the reward column. The KL to
+    SFT is not estimated: best-of-n's exact KL (objectives.best_of_n_kl) needs the whole response
+    distribution, so the row gives the bound KL(pi_bon || pi_sft) <= log n - (n-1)/n (Beirami et al.
+    2024; equality when the responses are distinct with distinct scores), marked "kl_is_bound"."""
+    from minirlhf.objectives import best_of_n_kl_bound
+    from minirlhf.rollout import RewardModelScorer, sample
+
+    t0 = time.perf_counter()
+    scorer = RewardModelScorer(rm, tokenizer=tokenizer, template=template)
+    gen = torch.Generator(device=next(reference.parameters()).device).manual_seed(seed + 1)
+    per_call = max(1, 256 // n)
+    best, scores = [], []
+    for i in range(0, len(prompts), per_call):
+        r = sample(reference, tokenizer, template, prompts[i : i + per_call], task.max_response_tokens, 1.0, gen,
+                   num_samples=n)
+        s = scorer(r).view(-1, n).float()  # (B, n): row b holds prompt b's samples
+        top = s.argmax(1)  # (B,)
+        best += [r.responses[b * n + int(j)] for b, j in enumerate(top)]
+        scores.append(s.gather(1, top[:, None])[:, 0])
+    accuracy = task.metric(prompts, best)[task.metric_name]
+    return {"accuracy": accuracy, "accuracy_t1": accuracy, "reward": float(torch.cat(scores).mean()),
+            "kl_to_sft": float(best_of_n_kl_bound(n)), "kl_is_bound": True, "n": n,
+            "time": time.perf_counter() - t0}
+
+
+@torch.no_grad()
 def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval_prompts: int, seed: int,
-            device) -> dict[str, dict]:
-    """The same evaluation of every final policy: accuracy (greedy and t=1), reward, KL to SFT."""
+            device, bon_n: int = 0) -> dict[str, dict]:
+    """The same evaluation of every final policy: accuracy (greedy and t=1), reward, KL to SFT; with
+    bon_n > 0 and a reward model, a row "bon" (best_of_n_row) after them."""
     from minirlhf.evaluation import evaluate_task
     from minirlhf.rollout import RewardModelScorer, sample
     from minirlhf.saving import load_model
@@ -287,6 +383,8 @@ def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval
         row["kl_to_sft"] = kl_to_reference(policy, reference, tokenizer, template, prompts,
                                            task.max_response_tokens, seed)
         rows[name] = row
+    if bon_n > 0 and rm is not None:
+        rows[BON] = best_of_n_row(reference, rm, task, tokenizer, template, prompts, bon_n, seed)
     return rows
 
 
@@ -297,9 +395,14 @@ def results_table(rows: dict[str, dict], times: dict[str, float], metric_name: s
     for name, r in rows.items():
         reward = f"{r['reward']:.3f}" if "reward" in r else "-"
         t = times.get(name)
+        kl = f"≤ {r['kl_to_sft']:.3f}" if r.get("kl_is_bound") else f"{r['kl_to_sft']:.3f}"
         lines.append(f"| {name} | {r['accuracy']:.3f} | {r['accuracy_t1']:.3f} | {reward} | "
-                     f"{r['kl_to_sft']:.3f} | {t:.0f} |" if t is not None else
-                     f"| {name} | {r['accuracy']:.3f} | {r['accuracy_t1']:.3f} | {reward} | {r['kl_to_sft']:.3f} | - |")
+                     f"{kl} | {t:.0f} |" if t is not None else
+                     f"| {name} | {r['accuracy']:.3f} | {r['accuracy_t1']:.3f} | {reward} | {kl} | - |")
+    if any(r.get("kl_is_bound") for r in rows.values()):
+        n = next(r["n"] for r in rows.values() if r.get("kl_is_bound"))
+        lines += ["", f"bon: best of n = {n} samples from SFT (t=1) by reward-model score; its one answer per prompt "
+                      f"fills both accuracy columns; KL to SFT is the bound log n - (n-1)/n (Beirami et al. 2024)."]
     return "\n".join(lines)
 
 
@@ -341,8 +444,9 @@ def run_one_seed(cfg: PipelineConfig) -> dict:
     check_out_is_free(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.json")
-    stages = (["sft"] if cfg.init else ["pretrain", "sft"]) + ["collect", "rm"] + \
-        [a for a in ALGORITHMS if a in cfg.algorithms]
+    algorithms = resolve_algorithms(cfg.algorithms)
+    trained = [a for a in algorithms if a != BON]
+    stages = (["sft"] if cfg.init else ["pretrain", "sft"]) + ["collect", "rm"] + trained
     times, results = {}, {}
     t_start = time.perf_counter()
     for stage in stages:
@@ -354,8 +458,11 @@ def run_one_seed(cfg: PipelineConfig) -> dict:
     total = time.perf_counter() - t_start
     device = resolve_device(cfg.device)
     models = {"sft": str(out / "sft" / "model")}
-    models.update({a: str(out / a / "model") for a in ALGORITHMS if a in cfg.algorithms})
-    rows = compare(models, models["sft"], str(out / "rm" / "model"), cfg.eval_prompts, cfg.seed, device)
+    models.update({a: str(out / a / "model") for a in trained})
+    rows = compare(models, models["sft"], str(out / "rm" / "model"), cfg.eval_prompts, cfg.seed, device,
+                   bon_n=cfg.bon_n if BON in algorithms else 0)
+    if BON in rows:
+        times[BON] = rows[BON].pop("time")
     from minirlhf.tasks import TASKS
 
     metric_name = TASKS[cfg.task].metric_name
@@ -372,7 +479,7 @@ def run_one_seed(cfg: PipelineConfig) -> dict:
     try:
         from minirlhf.plotting import plot_runs
 
-        runs = {a: str(out / a) for a in ALGORITHMS if a in cfg.algorithms}
+        runs = {a: str(out / a) for a in trained}
         plot = plot_runs(runs, keys=["reward/score", "kl", f"eval/{metric_name}"], x="time",
                          out_path=str(out / "curves.png"), title=f"minirlhf pipeline: {cfg.task}")
         text += f"\n![reward, KL and held-out {metric_name} against time](curves.png)\n"
@@ -464,7 +571,8 @@ def pipeline(cfg: PipelineConfig) -> dict:
     try:
         from minirlhf.plotting import plot_runs
 
-        runs = {a: [str(out / f"seed-{s}" / a) for s in cfg.seeds] for a in ALGORITHMS if a in cfg.algorithms}
+        runs = {a: [str(out / f"seed-{s}" / a) for s in cfg.seeds] for a in resolve_algorithms(cfg.algorithms)
+                if a != BON}
         plot_runs(runs, keys=["reward/score", "kl", f"eval/{metric_name}"], x="time",
                   out_path=str(out / "curves.png"), title=f"minirlhf pipeline: {cfg.task}, seeds {cfg.seeds}")
         text += f"\n![reward, KL and held-out {metric_name} against time, one line per seed](curves.png)\n"

@@ -136,7 +136,7 @@ def test_pipeline_from_an_imported_model_on_dolly_rows_skips_pretraining(tmp_pat
               "--out", str(tmp_path / "p"), "--threads", "1", "--eval_prompts", "3"]
              + [x for item in tiny for x in ("--set", item)])
     results = json.loads((tmp_path / "p" / "results.json").read_text())
-    assert set(results["rows"]) == {"sft", *ALGORITHMS} and "pretrain" not in results["times"]
+    assert set(results["rows"]) == {"sft", *ALGORITHMS, "bon"} and "pretrain" not in results["times"]
     assert not (tmp_path / "p" / "pretrain").exists()
     for name, row in results["rows"].items():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["kl_to_sft"] >= -1e-6, name

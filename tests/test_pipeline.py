@@ -4,7 +4,8 @@ import json
 import pytest
 
 from minirlhf.cli import main as cli_main
-from minirlhf.pipeline import ALGORITHMS, PipelineConfig, command_line, parse_overrides, stage_configs
+from minirlhf.pipeline import (ALGORITHMS, ALL_ALGORITHMS, VARIANTS, PipelineConfig, command_line, parse_overrides,
+                               results_table, stage_configs)
 
 
 def test_overrides_parse_nested_keys_and_python_literals():
@@ -50,8 +51,10 @@ def test_dtype_applies_to_the_supervised_stages_only(tmp_path, monkeypatch):
         return {s: c.run.dtype for s, c in configs.items() if hasattr(c, "run")}
 
     assert set(dtypes(dtype="fp32").values()) == {"fp32"}
-    got = dtypes(dtype="bf16")
-    assert {s for s, d in got.items() if d == "bf16"} == set(SUPERVISED) == {"pretrain", "sft", "rm", "dpo"}
+    got = dtypes(dtype="bf16", algorithms=["all"])
+    assert set(SUPERVISED) == {"pretrain", "sft", "rm", "dpo"}
+    assert {s for s, d in got.items() if d == "bf16"} == {"pretrain", "sft", "rm", "dpo", "kto", "orpo", "simpo"}
+    assert all(got[a] == "fp32" for a in ("gspo", "dapo", "reinforce_pp"))
     assert all(got[a] == "fp32" for a in ("ppo", "trpo", "grpo", "rloo"))
     assert dtypes(dtype="bf16", set=["rm.run.dtype=fp32"])["rm"] == "fp32"  # --set has the last word
     assert set(dtypes().values()) == {"fp32"}  # the default, whatever the CPU
@@ -76,7 +79,7 @@ def test_a_tiny_quick_pipeline_runs_every_stage_and_writes_the_table_and_the_plo
     args = ["pipeline", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "16"]
     cli_main(args + [x for item in tiny for x in ("--set", item)])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"sft", *ALGORITHMS}
+    assert set(results["rows"]) == {"sft", *ALGORITHMS, "bon"}
     assert results["rows"]["sft"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)  # the SFT model against itself
     for alg in ALGORITHMS:
         assert 0.0 <= results["rows"][alg]["accuracy"] <= 1.0 and results["rows"][alg]["kl_to_sft"] >= 0.0
@@ -150,8 +153,57 @@ def test_the_quick_bandit_pipeline_runs_every_stage(tmp_path):
     cli_main(["pipeline", "--task", "bandit", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "4",
               "--set", "pretrain.steps=40"])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"sft", *ALGORITHMS}
+    assert set(results["rows"]) == {"sft", *ALGORITHMS, "bon"}
     for stage in ("pretrain", "sft", "rm", *ALGORITHMS):
         assert (out / stage / "model").is_dir(), stage
     assert (out / "prefs" / "train.jsonl").stat().st_size > 0
     assert (out / "results.md").read_text().startswith("# minirlhf pipeline: bandit (quick)")
+
+
+def test_variants_run_their_base_command_with_fixed_options_and_their_own_folder(tmp_path):
+    configs = stage_configs(PipelineConfig(out=str(tmp_path), algorithms=["all"],
+                                           set=["kto.dpo.beta=0.5", "grpo.iterations=9", "dapo.iterations=4"]))
+    assert set(VARIANTS) <= set(configs) and ALL_ALGORITHMS[: len(ALGORITHMS)] == ALGORITHMS
+    for name, (base, _) in VARIANTS.items():
+        assert type(configs[name]) is type(configs[base]) and configs[name].run.out == str(tmp_path / name)
+    assert configs["kto"].dpo.loss_type == "kto" and configs["kto"].dpo.beta == 0.5  # --set on a variant
+    assert configs["dpo"].dpo.loss_type == "sigmoid" and configs["dpo"].dpo.beta == 1.0  # the base is untouched
+    assert configs["simpo"].dpo.loss_type == "simpo" and configs["simpo"].dpo.beta == 2.0
+    assert configs["orpo"].dpo.loss_type == "orpo" and configs["orpo"].init == configs["dpo"].init
+    assert configs["gspo"].ratio == "sequence" and configs["gspo"].iterations == 9  # the base's --set carries over
+    assert configs["dapo"].dynamic_sampling and configs["dapo"].clip_eps_high == 0.28 and configs["dapo"].iterations == 4
+    assert configs["reinforce_pp"].advantage == "reinforce_pp"
+    assert "kto" not in stage_configs(PipelineConfig(out=str(tmp_path)))  # the default: the five and bon
+    assert PipelineConfig().algorithms == [*ALGORITHMS, "bon"]
+    with pytest.raises(ValueError, match="unknown.*choose from.*kto.*bon or all"):
+        stage_configs(PipelineConfig(algorithms=["ppo", "dpo-but-better"]))
+    with pytest.raises(ValueError, match="stage.key=value"):
+        parse_overrides(["kto2.dpo.beta=1"])
+
+
+def test_results_table_marks_the_best_of_n_kl_as_a_bound():
+    rows = {"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "reward": 0.0, "kl_to_sft": 0.0},
+            "bon": {"accuracy": 0.7, "accuracy_t1": 0.7, "reward": 1.0, "kl_to_sft": 1.835, "kl_is_bound": True, "n": 16}}
+    text = results_table(rows, {"bon": 3.0}, "accuracy")
+    assert "| bon | 0.700 | 0.700 | 1.000 | ≤ 1.835 | 3 |" in text and "log n - (n-1)/n" in text
+
+
+def test_a_tiny_quick_pipeline_with_variants_and_best_of_n(tmp_path):
+    import math
+
+    out = tmp_path / "p"
+    tiny = ["pretrain.task.args=['max_operand=9', 'max_test=20']", "pretrain.model.n_layer=1",
+            "pretrain.model.n_embd=32", "pretrain.model.n_head=2", "pretrain.steps=6", "sft.steps=2",
+            "rm.steps=2", "kto.steps=2", "simpo.steps=2", "gspo.iterations=1", "collect.tie_policy=half"]
+    cli_main(["pipeline", "--quick", "--out", str(out), "--threads", "1", "--eval_prompts", "8", "--bon_n", "4",
+              "--algorithms", "kto", "simpo", "gspo", "bon"] + [x for item in tiny for x in ("--set", item)])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["rows"]) == ["sft", "kto", "simpo", "gspo", "bon"]
+    for name in ("kto", "simpo", "gspo"):
+        assert (out / name / "model").is_dir() and results["times"][name] > 0
+    assert json.loads((out / "kto" / "config.json").read_text())["dpo"]["loss_type"] == "kto"
+    assert json.loads((out / "gspo" / "config.json").read_text())["ratio"] == "sequence"
+    bon = results["rows"]["bon"]
+    assert bon["accuracy"] == bon["accuracy_t1"] and 0.0 <= bon["accuracy"] <= 1.0
+    assert bon["kl_to_sft"] == pytest.approx(math.log(4) - 3 / 4) and bon["kl_is_bound"]
+    assert "| bon |" in (out / "results.md").read_text()
