@@ -294,8 +294,9 @@ def plot_frontier(rows: dict[str, dict], metric_name: str, out_path: Path, title
 
 def plot_overoptimisation(bon: list[dict], ppo: list[dict], ppo_label: str, metric_name: str, out_path: Path,
                           title: str) -> Path:
-    """Gold and proxy reward against KL: PPO's iterations (faint) and their moving average; best-of-n at
-    its estimated KL (solid) and at log n - (n-1)/n (dashed, the upper bound on its KL)."""
+    """Gold and proxy reward against KL: PPO's iterations (faint) and their moving average (in KL and
+    reward alike, over max(5, iterations / 8) iterations); best-of-n at its estimated KL (solid) and
+    at log n - (n-1)/n (dashed, the upper bound on its KL)."""
     from minirlhf.checkpoint import atomic_write
     from minirlhf.plotting import _import_matplotlib
 
@@ -307,9 +308,10 @@ def plot_overoptimisation(bon: list[dict], ppo: list[dict], ppo_label: str, metr
                           (axes[1], "proxy", "proxy: reward model score")):
         if ppo:
             xs, ys = [p["kl"] for p in ppo], [p[key] for p in ppo]
+            window = max(5, len(ppo) // 8)  # one batch's KL and rewards are noisy: 80 iterations -> 10
             ax.plot(xs, ys, color="C0", alpha=0.25, linewidth=0.8, marker=".", markersize=3)
-            ax.plot(_moving_average(xs, 5), _moving_average(ys, 5), color="C0", linewidth=1.8,
-                    label=f"PPO ({ppo_label}), moving average of 5 iterations")
+            ax.plot(_moving_average(xs, window), _moving_average(ys, window), color="C0", linewidth=1.8,
+                    label=f"PPO ({ppo_label}), moving average of {window} iterations")
         if bon:
             ax.plot([b["kl"] for b in bon], [b[key] for b in bon], color="C3", marker="o", markersize=4,
                     linewidth=1.6, label="best-of-n, KL estimated from the samples")
