@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from minirlhf.stages import COMMANDS  # command -> (module, config class, function, help)
 # commands whose first argument(s) may be given without the flag: `minirlhf import PATH --out DIR`,
-# `minirlhf report RUN_DIR [RUN_DIR ...]`
-POSITIONAL = {"import": "path", "report": "runs"}
+# `minirlhf report RUN_DIR [RUN_DIR ...]`, `minirlhf frontier PIPELINE_DIR`
+POSITIONAL = {"import": "path", "report": "runs", "frontier": "from_dir"}
 
 
 @dataclass

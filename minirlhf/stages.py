@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "verify": ("minirlhf.verify", "VerifyConfig", "verify_cli", "the closed-form report: every objective against its exact answer"),
     "generate": ("minirlhf.cli", "GenerateConfig", "generate", "sample responses from a model folder"),
     "import": ("minirlhf.importing", "ImportConfig", "import_cli", "a Hugging Face GPT-2 folder -> a model folder for --init"),
+    "frontier": ("minirlhf.frontier", "FrontierConfig", "frontier", "each method at several KL strengths: gold and proxy reward against KL; best-of-n over-optimisation"),
     "report": ("minirlhf.report", "ReportConfig", "report", "run folders as one self-contained HTML page: config, curves, samples"),
 }
 

@@ -60,7 +60,7 @@ from .pg_variants import (
     overlong_penalty,
     reinforce_pp_advantages,
 )
-from .best_of_n import best_of_n_distribution, best_of_n_kl, best_of_n_kl_bound
+from .best_of_n import best_of_n_distribution, best_of_n_kl, best_of_n_kl_bound, best_of_n_subset_mean
 from .lm import next_token_loss
 from .rlhf import kl_penalized_rewards, last_valid_index
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, whiten
@@ -100,5 +100,5 @@ __all__ = [
     # surrogates
     "trpo_surrogate", "reinforce_loss",
     # best-of-n
-    "best_of_n_kl_bound", "best_of_n_distribution", "best_of_n_kl",
+    "best_of_n_kl_bound", "best_of_n_distribution", "best_of_n_kl", "best_of_n_subset_mean",
 ]

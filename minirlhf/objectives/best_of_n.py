@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["best_of_n_kl_bound", "best_of_n_distribution", "best_of_n_kl"]
+__all__ = ["best_of_n_kl_bound", "best_of_n_distribution", "best_of_n_kl", "best_of_n_subset_mean"]
 
 
 def best_of_n_kl_bound(n) -> torch.Tensor:
@@ -95,3 +95,36 @@ def best_of_n_kl(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Te
     probs = torch.as_tensor(probs)
     bon = best_of_n_distribution(probs, rewards, n)
     return (torch.xlogy(bon, bon) - torch.xlogy(bon, probs)).sum()
+
+
+def best_of_n_subset_mean(rewards: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """From N samples y_1..y_N of one prompt, the mean over all C(N, n) subsets of n of them of the
+    ``values`` of the subset's highest-``rewards`` sample: an unbiased estimate of E[v(best of n draws)]
+    for n <= N, with less variance than one subset (e.g. the first n).
+
+    With the samples sorted by reward, r_(1) <= ... <= r_(N), the k-th is the best of a uniformly
+    random n-subset with probability C(k-1, n-1) / C(N, n), so the estimate is
+
+        sum_k C(k-1, n-1) / C(N, n) * v_(k).
+
+    Ties in reward are broken by position (the sort is stable), so a tie of equal rewards with
+    different values gives one of the tie-breaking rules' answers. rewards, values (N,); n in 1..N.
+    Returns a float64 scalar tensor; n = 1 is the plain mean of ``values``, n = N its value at the
+    highest reward.
+    """
+    rewards, values = torch.as_tensor(rewards), torch.as_tensor(values)
+    if rewards.dim() != 1 or values.shape != rewards.shape:
+        raise ValueError(f"rewards and values: expected two 1-D tensors of one length N, got shapes "
+                         f"{tuple(rewards.shape)} and {tuple(values.shape)}")
+    N = rewards.numel()
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= N:
+        raise ValueError(f"n: expected an int in 1..{N} (the number of samples), got {n!r}")
+    order = torch.argsort(rewards, stable=True)
+    k = torch.arange(1, N + 1, dtype=torch.float64)  # rank of each sorted sample
+    # log C(k-1, n-1) - log C(N, n) by lgamma; C(k-1, n-1) = 0 for k < n
+    log_c = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)  # noqa: E731
+    n_t = torch.tensor(float(n), dtype=torch.float64)
+    weights = torch.where(k >= n, torch.exp(log_c((k - 1).clamp(min=n - 1), n_t - 1)
+                                            - log_c(torch.tensor(float(N), dtype=torch.float64), n_t)),
+                          torch.zeros_like(k))
+    return (weights * values[order].to(torch.float64)).sum()

@@ -117,3 +117,22 @@ def test_bad_input():
         best_of_n_distribution(torch.tensor([0.5, 0.6], dtype=F64), torch.zeros(2, dtype=F64), 2)
     with pytest.raises(ValueError, match="shape"):
         best_of_n_distribution(p, torch.zeros(3, dtype=F64), 2)
+
+
+def test_subset_mean_is_the_average_over_every_n_subset_of_the_best_ones_value():
+    from minirlhf.objectives import best_of_n_subset_mean
+
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.randn(7, generator=g, dtype=torch.float64)
+    values = torch.randn(7, generator=g, dtype=torch.float64)
+    for n in range(1, 8):
+        subsets = list(itertools.combinations(range(7), n))
+        brute = sum(float(values[max(s, key=lambda i: float(rewards[i]))]) for s in subsets) / len(subsets)
+        assert float(best_of_n_subset_mean(rewards, values, n)) == pytest.approx(brute, abs=1e-12)
+    assert float(best_of_n_subset_mean(rewards, values, 1)) == pytest.approx(float(values.mean()))
+    assert float(best_of_n_subset_mean(rewards, values, 7)) == pytest.approx(float(values[rewards.argmax()]))
+    for bad in (0, 8, 2.0, True):
+        with pytest.raises(ValueError, match="n: expected"):
+            best_of_n_subset_mean(rewards, values, bad)
+    with pytest.raises(ValueError, match="1-D"):
+        best_of_n_subset_mean(rewards, values[:3], 2)
