@@ -523,8 +523,11 @@ def seeds_tables(per_seed: list[dict], metric_name: str) -> str:
     head = "| policy | " + " | ".join(c for _, c in cols) + " | time (s) |"
     lines = [f"Mean ± sd over {n} seeds ({', '.join(str(r['seed']) for r in per_seed)}; sd with n - 1):", "",
              head, "|---" * (len(cols) + 2) + "|"]
+    def bound(p: str, k: str, text: str) -> str:  # best-of-n's KL column holds log n - (n-1)/n, a bound
+        return f"≤ {text}" if k == "kl_to_sft" and per_seed[0]["rows"][p].get("kl_is_bound") else text
+
     for p in policies:
-        vals = [cell([r["rows"][p][k] for r in per_seed if k in r["rows"][p]]) for k, _ in cols]
+        vals = [bound(p, k, cell([r["rows"][p][k] for r in per_seed if k in r["rows"][p]])) for k, _ in cols]
         times = [r["times"][p] for r in per_seed if p in r["times"]]
         lines.append(f"| {p} | " + " | ".join(vals) + f" | {cell(times, 0)} |")
     lines += ["", "Each seed:", "", "| seed | policy | " + " | ".join(c for _, c in cols) + " |",
@@ -532,7 +535,7 @@ def seeds_tables(per_seed: list[dict], metric_name: str) -> str:
     for r in per_seed:
         for p in policies:
             row = r["rows"][p]
-            vals = [f"{row[k]:.3f}" if k in row else "-" for k, _ in cols]
+            vals = [bound(p, k, f"{row[k]:.3f}") if k in row else "-" for k, _ in cols]
             lines.append(f"| {r['seed']} | {p} | " + " | ".join(vals) + " |")
     stages = list(dict.fromkeys(s for r in per_seed for s in r["times"]))
     stage_times = " | ".join(f"{s} {cell([r['times'][s] for r in per_seed if s in r['times']], 0)}s" for s in stages)

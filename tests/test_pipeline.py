@@ -109,7 +109,9 @@ def test_seeds_tables_give_mean_sd_per_cell_and_every_seed_row():
     def result(seed, acc, t):
         return {"seed": seed, "total": 10.0 * t, "times": {"pretrain": t, "ppo": 2 * t},
                 "rows": {"sft": {"accuracy": 0.5, "accuracy_t1": 0.5, "kl_to_sft": 0.0},
-                         "ppo": {"accuracy": acc, "accuracy_t1": acc - 0.1, "reward": 1.0, "kl_to_sft": 0.5}},
+                         "ppo": {"accuracy": acc, "accuracy_t1": acc - 0.1, "reward": 1.0, "kl_to_sft": 0.5},
+                         "bon": {"accuracy": acc, "accuracy_t1": acc, "reward": 1.0, "kl_to_sft": 1.835,
+                                 "kl_is_bound": True}},
                 "rm": {"eval/accuracy": 0.9}}
 
     text = seeds_tables([result(0, 0.6, 1.0), result(1, 0.8, 3.0)], "accuracy")
@@ -118,6 +120,8 @@ def test_seeds_tables_give_mean_sd_per_cell_and_every_seed_row():
     assert "| ppo | 0.700 ± 0.141 | 0.600 ± 0.141 | 1.000 ± 0.000 | 0.500 ± 0.000 | 4 ± 3 |" in text
     assert "| sft | 0.500 ± 0.000 | 0.500 ± 0.000 | - | 0.000 ± 0.000 | - |" in text
     assert "| 1 | ppo | 0.800 | 0.700 | 1.000 | 0.500 |" in text
+    assert "| bon | 0.700 ± 0.141 | 0.700 ± 0.141 | 1.000 ± 0.000 | ≤ 1.835 ± 0.000 | - |" in text  # a bound
+    assert "| 0 | bon | 0.600 | 0.600 | 1.000 | ≤ 1.835 |" in text
     assert "pretrain 2 ± 1s" in text and "eval/accuracy 0.900 ± 0.000" in text
 
 
