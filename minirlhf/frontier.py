@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from minirlhf.checkpoint import atomic_write_text
+from minirlhf.checkpoint import atomic_write, atomic_write_text
 from minirlhf.config import save_config
 
 # method -> (the config key --set turns, what else --set fixes, the knob's name in tables and figures)
@@ -259,9 +259,23 @@ def _moving_average(ys: list[float], window: int) -> list[float]:
     return [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]
 
 
+def _kl_axis(ax, name: str) -> None:
+    """A panel with KL to SFT on x: labels, title and grid shared by both figures."""
+    ax.set_xlabel("KL to SFT (nats per response)", fontsize=9)
+    ax.set_title(name, loc="left", fontsize=11, fontweight="bold")
+    ax.grid(True, alpha=0.3, linewidth=0.6)
+    ax.tick_params(labelsize=8)
+
+
+def _finish(fig, legend_ax, title: str, out_path: Path, legend_size: int) -> Path:
+    legend_ax.legend(fontsize=legend_size, frameon=False)
+    fig.suptitle(title, fontsize=12)
+    atomic_write(out_path, lambda f: fig.savefig(f, format="png"))
+    return out_path
+
+
 def plot_frontier(rows: dict[str, dict], metric_name: str, out_path: Path, title: str) -> Path:
     """Gold (t=1) and proxy reward against KL to SFT: a curve per method through its strengths, from the SFT point."""
-    from minirlhf.checkpoint import atomic_write
     from minirlhf.plotting import _import_matplotlib
 
     Figure, FigureCanvasAgg, _ = _import_matplotlib()
@@ -282,14 +296,8 @@ def plot_frontier(rows: dict[str, dict], metric_name: str, out_path: Path, title
                 ax.annotate(f"{s:g}", (x, y), fontsize=7, color=f"C{i}", xytext=(3, 3), textcoords="offset points")
         if sft is not None and key in sft:
             ax.plot([sft["kl_to_sft"]], [sft[key]], "k*", markersize=10, label="sft")
-        ax.set_xlabel("KL to SFT (nats per response)", fontsize=9)
-        ax.set_title(name, loc="left", fontsize=11, fontweight="bold")
-        ax.grid(True, alpha=0.3, linewidth=0.6)
-        ax.tick_params(labelsize=8)
-    axes[0].legend(fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=12)
-    atomic_write(out_path, lambda f: fig.savefig(f, format="png"))
-    return out_path
+        _kl_axis(ax, name)
+    return _finish(fig, axes[0], title, out_path, legend_size=8)
 
 
 def plot_overoptimisation(bon: list[dict], ppo: list[dict], ppo_label: str, metric_name: str, out_path: Path,
@@ -297,7 +305,6 @@ def plot_overoptimisation(bon: list[dict], ppo: list[dict], ppo_label: str, metr
     """Gold and proxy reward against KL: PPO's iterations (faint) and their moving average (in KL and
     reward alike, over max(5, iterations / 8) iterations); best-of-n at its estimated KL (solid) and
     at log n - (n-1)/n (dashed, the upper bound on its KL)."""
-    from minirlhf.checkpoint import atomic_write
     from minirlhf.plotting import _import_matplotlib
 
     Figure, FigureCanvasAgg, _ = _import_matplotlib()
@@ -321,14 +328,8 @@ def plot_overoptimisation(bon: list[dict], ppo: list[dict], ppo_label: str, metr
             for b in bon:
                 ax.annotate(f"n={b['n']}", (b["kl"], b[key]), fontsize=7, color="C3", xytext=(3, -9),
                             textcoords="offset points")
-        ax.set_xlabel("KL to SFT (nats per response)", fontsize=9)
-        ax.set_title(name, loc="left", fontsize=11, fontweight="bold")
-        ax.grid(True, alpha=0.3, linewidth=0.6)
-        ax.tick_params(labelsize=8)
-    axes[0].legend(fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=12)
-    atomic_write(out_path, lambda f: fig.savefig(f, format="png"))
-    return out_path
+        _kl_axis(ax, name)
+    return _finish(fig, axes[0], title, out_path, legend_size=7)
 
 
 # ---------------------------------------------------------------------------------------------
