@@ -12,7 +12,7 @@ from minirlhf.trainers.grpo import GRPOConfig, grpo
 from minirlhf.rollout import sample
 import minirlhf.trainers.grpo as grpo_module
 
-from tiny_configs import run_cfg
+from tiny_configs import crash_then_resume, run_cfg
 from conftest import assert_same_weights
 
 PROMPTS = ["Q: 3+4=\nA:", "Q: 9-2=\nA:", "Q: 15+1=\nA:"]
@@ -127,22 +127,9 @@ def test_grpo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     full = grpo_cfg(sft_model, tmp_path / "full", iterations=4)
     full.run.save_every = 2
     grpo(full)
-    original, calls = grpo_module.grpo_update, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(*a, **k)
-
     part = grpo_cfg(sft_model, tmp_path / "part", iterations=4)
     part.run.save_every = 2
-    monkeypatch.setattr(grpo_module, "grpo_update", crash)
-    with pytest.raises(KeyboardInterrupt):
-        grpo(part)
-    monkeypatch.setattr(grpo_module, "grpo_update", original)
-    part.run.resume = True
-    grpo(part)
+    crash_then_resume(monkeypatch, grpo_module, "grpo_update", 3, grpo, part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics

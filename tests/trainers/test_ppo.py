@@ -10,7 +10,7 @@ from minirlhf.rollout import response_logprobs, sample
 from minirlhf.saving import load_model
 from minirlhf.trainers.ppo import PPOConfig, ppo
 
-from tiny_configs import run_cfg
+from tiny_configs import crash_then_resume, run_cfg
 from conftest import assert_same_weights
 
 
@@ -89,22 +89,9 @@ def test_ppo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     ppo(full)
     import minirlhf.trainers.ppo as ppo_module
 
-    original, calls = ppo_module.ppo_update, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(*a, **k)
-
     part = ppo_cfg(sft_model, tmp_path / "part", iterations=4)
     part.run.save_every = 2
-    monkeypatch.setattr(ppo_module, "ppo_update", crash)
-    with pytest.raises(KeyboardInterrupt):
-        ppo(part)
-    monkeypatch.setattr(ppo_module, "ppo_update", original)
-    part.run.resume = True
-    ppo(part)
+    crash_then_resume(monkeypatch, ppo_module, "ppo_update", 3, ppo, part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics

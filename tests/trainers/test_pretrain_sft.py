@@ -9,7 +9,7 @@ from minirlhf.saving import load_model
 from minirlhf.trainers.pretrain import pretrain
 from minirlhf.trainers.sft import sft
 
-from tiny_configs import pretrain_cfg, sft_cfg
+from tiny_configs import crash_then_resume, pretrain_cfg, sft_cfg
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +68,8 @@ def test_interrupted_and_resumed_sft_matches_an_uninterrupted_run(base, tmp_path
     # The same run, crashing after step 3 (its last checkpoint is step 2), then resumed.
     import minirlhf.trainers.sft as sft_module
 
-    original = sft_module.clip_grad_norm
-    calls = {"n": 0}
-
-    def crash_after_three(params, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(params, max_norm)
-
     part = sft_cfg(base, tmp_path / "part", steps=6, save_every=2)
-    monkeypatch.setattr(sft_module, "clip_grad_norm", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        sft(part)
-    monkeypatch.setattr(sft_module, "clip_grad_norm", original)
-    part.run.resume = True
-    sft(part)
+    crash_then_resume(monkeypatch, sft_module, "clip_grad_norm", 4, sft, part)
     a = without_time(read_metrics(tmp_path / "full" / "metrics.jsonl"))
     b = without_time(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert a == b
@@ -96,21 +82,8 @@ def test_interrupted_and_resumed_pretraining_matches_an_uninterrupted_run(tmp_pa
     import minirlhf.trainers.pretrain as pretrain_module
 
     pretrain(pretrain_cfg(tmp_path / "full", steps=6, save_every=2))
-    original, calls = pretrain_module.clip_grad_norm, {"n": 0}
-
-    def crash_after_three(params, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(params, max_norm)
-
     part = pretrain_cfg(tmp_path / "part", steps=6, save_every=2)
-    monkeypatch.setattr(pretrain_module, "clip_grad_norm", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(part)
-    monkeypatch.setattr(pretrain_module, "clip_grad_norm", original)
-    part.run.resume = True
-    pretrain(part)
+    crash_then_resume(monkeypatch, pretrain_module, "clip_grad_norm", 4, pretrain, part)
     assert without_time(read_metrics(tmp_path / "full" / "metrics.jsonl")) == \
         without_time(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     wa = load_tensors(tmp_path / "full" / "model" / "model.safetensors")

@@ -33,10 +33,10 @@ def sft_command(init, out, steps, *extra):
             "--run.save-every", "1", "--run.threads", "1", "--run.progress", "false", *extra]
 
 
-def sigkill_then_resume(command, tmp_path, total: int, kill_after: int, env: dict, dropped) -> None:
+def sigkill_then_resume(command, tmp_path, total: int, kill_after: int, env: dict, dropped) -> dict:
     """Run ``command(out, total, *extra)`` whole in <tmp>/full; run it again in <tmp>/killed, SIGKILL it once
-    it has a checkpoint at step ``kill_after`` or later, resume it; the metrics (less the keys ``dropped``
-    names) and the final weights must equal the uninterrupted run's."""
+    it has a checkpoint at step ``kill_after`` or later, resume it. Returns the step it was killed at and,
+    for both runs, the metrics (less the keys ``dropped`` names) and the final weights."""
     subprocess.run(command(tmp_path / "full", total), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(command(tmp_path / "killed", total), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,19 +48,26 @@ def sigkill_then_resume(command, tmp_path, total: int, kill_after: int, env: dic
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = manager.latest_step()
-    assert kill_after <= killed_at < total
     subprocess.run(command(tmp_path / "killed", total, "--run.resume", "true"), check=True, env=env,
                    capture_output=True)
-    drop = lambda rows: [{k: v for k, v in r.items() if not dropped(k)} for r in rows]  # noqa: E731
-    assert drop(read_metrics(tmp_path / "full")) == drop(read_metrics(tmp_path / "killed"))
-    a = load_tensors(tmp_path / "full" / "model" / "model.safetensors")
-    b = load_tensors(tmp_path / "killed" / "model" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    runs = {}
+    for name in ("full", "killed"):
+        metrics = [{k: v for k, v in r.items() if not dropped(k)} for r in read_metrics(tmp_path / name)]
+        runs[name] = (metrics, load_tensors(tmp_path / name / "model" / "model.safetensors"))
+    return {"killed_at": killed_at, **runs}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(base, tmp_path):
-    sigkill_then_resume(lambda out, steps, *extra: sft_command(base, out, steps, *extra), tmp_path, total=40,
-                        kill_after=5, env={**os.environ, "PYTHONUNBUFFERED": "1"}, dropped=lambda k: k == "time")
+    r = sigkill_then_resume(lambda out, steps, *extra: sft_command(base, out, steps, *extra), tmp_path, total=40,
+                            kill_after=5, env={**os.environ, "PYTHONUNBUFFERED": "1"}, dropped=lambda k: k == "time")
+    assert 5 <= r["killed_at"] < 40  # killed mid-run, after a checkpoint
+    (full_metrics, full_weights), (killed_metrics, killed_weights) = r["full"], r["killed"]
+    assert full_metrics == killed_metrics and len(full_metrics) > 0
+    assert same_weights(full_weights, killed_weights)
 
 
 def test_nan_stops_the_run_naming_step_and_quantity_and_keeps_the_last_checkpoint(base, tmp_path, monkeypatch):
@@ -123,9 +130,13 @@ def ppo_command(policy, out, iterations, *extra):
 
 
 def test_ppo_killed_with_sigkill_then_resumed_gives_the_uninterrupted_result(base, tmp_path):
-    sigkill_then_resume(lambda out, iterations, *extra: ppo_command(base, out, iterations, *extra), tmp_path,
-                        total=40, kill_after=3, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-                        dropped=lambda k: k.startswith("time"))
+    r = sigkill_then_resume(lambda out, iterations, *extra: ppo_command(base, out, iterations, *extra), tmp_path,
+                            total=40, kill_after=3, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                            dropped=lambda k: k.startswith("time"))
+    assert 3 <= r["killed_at"] < 40  # killed mid-run, after a checkpoint
+    (full_metrics, full_weights), (killed_metrics, killed_weights) = r["full"], r["killed"]
+    assert full_metrics == killed_metrics and len(full_metrics) > 0
+    assert same_weights(full_weights, killed_weights)
 
 
 def test_a_nan_in_the_ppo_loss_stops_the_run_and_keeps_the_last_checkpoint(base, tmp_path, monkeypatch):

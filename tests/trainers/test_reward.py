@@ -20,7 +20,7 @@ from minirlhf.tokenizer import BPETokenizer, CharTokenizer, PlainTemplate, check
 from minirlhf.trainers.reward import (RewardConfig, load_reward_model, pair_accuracy, pair_scores,
                                       train_reward_model)
 
-from tiny_configs import TASK, run_cfg
+from tiny_configs import TASK, crash_then_resume, run_cfg
 
 TASK_OBJ = get_task("arithmetic", max_operand=9, max_test=20)
 
@@ -154,22 +154,8 @@ def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(init, data,
         write_jsonl(tmp_path / "rankings.jsonl", rankings)
     extra = dict(loss=loss, rankings_file=str(tmp_path / "rankings.jsonl")) if loss != "bt" else {}
     train_reward_model(rm_cfg(init, data, tmp_path / "full", steps=7, save_every=2, **extra))
-    original = reward_module.clip_grad_norm
-    calls = {"n": 0}
-
-    def crash_after_five(params, max_norm):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("simulated crash")
-        return original(params, max_norm)
-
     part = rm_cfg(init, data, tmp_path / "part", steps=7, save_every=2, **extra)
-    monkeypatch.setattr(reward_module, "clip_grad_norm", crash_after_five)
-    with pytest.raises(KeyboardInterrupt):
-        train_reward_model(part)
-    monkeypatch.setattr(reward_module, "clip_grad_norm", original)
-    part.run.resume = True
-    train_reward_model(part)
+    crash_then_resume(monkeypatch, reward_module, "clip_grad_norm", 6, train_reward_model, part)
     a = without_time(read_metrics(tmp_path / "full" / "metrics.jsonl"))
     b = without_time(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert [r["step"] for r in a] == list(range(1, 8)) and a == b

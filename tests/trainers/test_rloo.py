@@ -13,7 +13,7 @@ from minirlhf.trainers.common import LoRAConfig, OptimConfig
 from minirlhf.trainers.rloo import RLOOConfig, rloo
 import minirlhf.trainers.rloo as rloo_module
 
-from tiny_configs import run_cfg
+from tiny_configs import crash_then_resume, run_cfg
 from conftest import assert_same_weights
 
 
@@ -89,22 +89,9 @@ def test_rloo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     full = rloo_cfg(sft_model, tmp_path / "full", iterations=4)
     full.run.save_every = 2
     rloo(full)
-    original, calls = rloo_module.reinforce_loss, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(*a, **k)
-
     part = rloo_cfg(sft_model, tmp_path / "part", iterations=4)
     part.run.save_every = 2
-    monkeypatch.setattr(rloo_module, "reinforce_loss", crash)
-    with pytest.raises(KeyboardInterrupt):
-        rloo(part)
-    monkeypatch.setattr(rloo_module, "reinforce_loss", original)
-    part.run.resume = True
-    rloo(part)
+    crash_then_resume(monkeypatch, rloo_module, "reinforce_loss", 3, rloo, part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics

@@ -11,7 +11,7 @@ from minirlhf.trainers.common import LoRAConfig
 from minirlhf.trainers.trpo import TRPOConfig, trpo
 import minirlhf.trainers.trpo as trpo_module
 
-from tiny_configs import run_cfg
+from tiny_configs import crash_then_resume, run_cfg
 from conftest import assert_same_weights
 
 
@@ -98,22 +98,9 @@ def test_trpo_resume_is_exact(sft_model, tmp_path, monkeypatch):
     full = trpo_cfg(sft_model, tmp_path / "full", iterations=4)
     full.run.save_every = 2
     trpo(full)
-    original, calls = trpo_module.trpo_update, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(*a, **k)
-
     part = trpo_cfg(sft_model, tmp_path / "part", iterations=4)
     part.run.save_every = 2
-    monkeypatch.setattr(trpo_module, "trpo_update", crash)
-    with pytest.raises(KeyboardInterrupt):
-        trpo(part)
-    monkeypatch.setattr(trpo_module, "trpo_update", original)
-    part.run.resume = True
-    trpo(part)
+    crash_then_resume(monkeypatch, trpo_module, "trpo_update", 3, trpo, part)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert drop(read_metrics(tmp_path / "full" / "metrics.jsonl")) == drop(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert_same_weights(tmp_path / "full", tmp_path / "part")  # the weights too, not only the metrics

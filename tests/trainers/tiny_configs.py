@@ -18,3 +18,24 @@ def pretrain_cfg(out, steps=6, **kw):
 def sft_cfg(init, out, steps=6, **kw):
     return SFTConfig(run=run_cfg(out, **kw), init=str(init), steps=steps, batch_size=8, eval_every=3,
                      eval_prompts=8, samples=0)
+
+
+def crash_then_resume(monkeypatch, module, name: str, crash_at_call: int, train, cfg) -> None:
+    """Run ``train(cfg)`` with ``module.name`` raising KeyboardInterrupt on its ``crash_at_call``-th
+    call (a crash mid-run, after the checkpoints before it), then resume the run to its end."""
+    import pytest
+
+    original, calls = getattr(module, name), {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == crash_at_call:
+            raise KeyboardInterrupt("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(module, name, original)
+    cfg.run.resume = True
+    train(cfg)
