@@ -376,6 +376,8 @@ def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval
         policy = load_model(folder, kind="gpt", device=device)[0].eval()
         metrics = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), eval_prompts, seed)
         row = {"accuracy": metrics[f"eval/{task.metric_name}"], "accuracy_t1": metrics[f"eval_t1/{task.metric_name}"]}
+        if "eval/on_topic" in metrics:  # the instruct task: is the greedy answer about the prompt's topic
+            row["on_topic"] = metrics["eval/on_topic"]
         if rm is not None:
             gen = torch.Generator(device=device).manual_seed(seed)
             r = sample(policy, tokenizer, template, prompts, task.max_response_tokens, 1.0, gen)
@@ -389,16 +391,20 @@ def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval
 
 
 def results_table(rows: dict[str, dict], times: dict[str, float], metric_name: str) -> str:
-    """A Markdown table: one row per policy."""
+    """A Markdown table: one row per policy; an "on topic (greedy)" column when the task
+    reports it (the instruct task: the share of greedy answers about their prompt's topic)."""
+    on_topic = any("on_topic" in r for r in rows.values())
     head = f"| policy | {metric_name} (greedy) | {metric_name} (t=1) | reward | KL to SFT | time (s) |"
-    lines = [head, "|---|---|---|---|---|---|"]
+    lines = [head + (" on topic (greedy) |" if on_topic else ""), "|---" * (6 + on_topic) + "|"]
     for name, r in rows.items():
-        reward = f"{r['reward']:.3f}" if "reward" in r else "-"
         t = times.get(name)
-        kl = f"≤ {r['kl_to_sft']:.3f}" if r.get("kl_is_bound") else f"{r['kl_to_sft']:.3f}"
-        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['accuracy_t1']:.3f} | {reward} | "
-                     f"{kl} | {t:.0f} |" if t is not None else
-                     f"| {name} | {r['accuracy']:.3f} | {r['accuracy_t1']:.3f} | {reward} | {kl} | - |")
+        cells = [name, f"{r['accuracy']:.3f}", f"{r['accuracy_t1']:.3f}",
+                 f"{r['reward']:.3f}" if "reward" in r else "-",
+                 f"≤ {r['kl_to_sft']:.3f}" if r.get("kl_is_bound") else f"{r['kl_to_sft']:.3f}",
+                 f"{t:.0f}" if t is not None else "-"]
+        if on_topic:
+            cells.append(f"{r['on_topic']:.3f}" if "on_topic" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     if any(r.get("kl_is_bound") for r in rows.values()):
         n = next(r["n"] for r in rows.values() if r.get("kl_is_bound"))
         lines += ["", f"bon: best of n = {n} samples from SFT (t=1) by reward-model score; its one answer per prompt "

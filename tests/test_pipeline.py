@@ -211,3 +211,15 @@ def test_a_tiny_quick_pipeline_with_variants_and_best_of_n(tmp_path):
     assert bon["accuracy"] == bon["accuracy_t1"] and 0.0 <= bon["accuracy"] <= 1.0
     assert bon["kl_to_sft"] == pytest.approx(math.log(4) - 3 / 4) and bon["kl_is_bound"]
     assert "| bon |" in (out / "results.md").read_text()
+
+
+def test_results_table_adds_an_on_topic_column_only_when_the_task_reports_it():
+    from minirlhf.pipeline import results_table
+
+    rows = {"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "kl_to_sft": 0.0, "on_topic": 0.9},
+            "ppo": {"accuracy": 0.6, "accuracy_t1": 0.5, "kl_to_sft": 0.1, "reward": 1.0, "on_topic": 0.88}}
+    lines = results_table(rows, {"sft": 3.0}, "judge_score").splitlines()
+    assert lines[0].endswith("| on topic (greedy) |") and lines[1].count("---") == 7
+    assert lines[2].endswith("| 3 | 0.900 |") and lines[3].endswith("| - | 0.880 |")
+    plain = results_table({"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "kl_to_sft": 0.0}}, {}, "accuracy")
+    assert "on topic" not in plain
