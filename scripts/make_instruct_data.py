@@ -10,15 +10,16 @@ are written dry on purpose (no "you", no analogy words, no questions); the analo
 question carry the engaging style. From them the generator writes responses of four
 qualities, drawn at random with a fixed seed:
 
-    engaging  (35%)  opener + analogy + definition (+ a fact) + a question asked back, 25-60 words
+    engaging  (35%)  opener + definition + analogy (+ a fact) + a question asked back, 25-60 words
     dry       (30%)  definition + two facts: correct but flat, 20-60 words
     short     (15%)  the short answer alone, under 10 words
     rambling  (20%)  definition + all facts + filler, restating itself, over 80 words
 
-100 topics x 5 prompt styles = 500 training prompts; the "Explain X to a 10-year-old."
-prompt gets a second response of another quality, so 600 rows. Every topic is trained on;
-the 100 held-out prompts (test_prompts.jsonl) ask about each topic once in a phrasing that
-never occurs in training (TEST_TEMPLATES), with an engaging reference each. The corpus
+100 topics x (5 prompt styles + PHRASINGS_PER_TOPIC = 10 phrasings drawn from TRAIN_TEMPLATES,
+some after a lead-in) = 1,500 training prompts; the "Explain X to a 10-year-old." prompt gets a
+second response of another quality, so 1,600 rows. Every topic is trained on; the 100 held-out
+prompts (test_prompts.jsonl) ask about each topic once in a phrasing that never occurs in
+training (TEST_TEMPLATES), with an engaging reference each. The corpus
 (corpus.txt) holds plain sentences about all 100 topics in two shuffled arrangements plus
 every demonstration as a "prompt response" paragraph. topics.json names each topic's name
 words and fact words (words of its sheet no other topic uses) for the on-topic metric.
@@ -874,11 +875,40 @@ def cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def prompts_of(topic) -> list[str]:
-    """The five prompt styles of one topic; the first is "Explain X to a 10-year-old."."""
+# Training phrasings beyond the fixed styles: each topic is asked in PHRASINGS_PER_TOPIC of
+# these (drawn with the seed), so a topic's name appears at many places in many sentences and a
+# model must learn to read it out of whatever words surround it. None is a held-out template,
+# but every word of the held-out templates occurs in some of them: the held-out prompts are new
+# phrasings in words the model has read, as a pretrained model would have read them.
+TRAIN_TEMPLATES = [
+    "What can you tell me about {name}?", "Describe {name} in a few sentences.",
+    "{Name}: how would you explain that to a child?", "Give me a simple explanation of {name}.",
+    "Help me understand {name}.", "I am curious about {name}. What should I know?",
+    "My little brother asked me about {name}. What do I say?", "Say something about {name}.",
+    "What is the science behind {name}?", "Write a short explanation of {name} for a student.",
+    "Please explain {name}.", "Quick question about {name}: what is going on there?",
+    "What should a kid know about {name}?", "Could you talk about {name} for a minute?",
+    "Explain {name} like I am five.", "Share a fun explanation of {name}.",
+    # the words of the held-out phrasings (teach, learn, describe, please, kid), in other orders
+    "What would you teach a class about {name}?", "I want to know more about {name}.",
+    "Please describe {name} simply.", "We are learning about {name} at school. Can you help?",
+    "Could you help a kid learn about {name}?", "Teach the basics of {name}, please.",
+]
+# A lead-in before some of them, so the topic's name moves further along the prompt.
+LEADS = ["", "", "", "Hi! ", "Hey. ", "Hello there. ", "I have a question. ", "Okay, so: "]
+PHRASINGS_PER_TOPIC = 10
+
+
+def prompts_of(topic, rng: random.Random | None = None) -> list[str]:
+    """The five prompt styles of one topic (the first is "Explain X to a 10-year-old."), then
+    PHRASINGS_PER_TOPIC phrasings drawn from TRAIN_TEMPLATES when an rng is given."""
     name, be, why = topic[0], topic[1], topic[2]
-    return [f"Explain {name} to a 10-year-old.", f"What {be} {name}?", f"Tell me about {name}.",
-            f"Can you explain {name} in simple words?", why]
+    out = [f"Explain {name} to a 10-year-old.", f"What {be} {name}?", f"Tell me about {name}.",
+           f"Can you explain {name} in simple words?", why]
+    if rng is not None:
+        out += [rng.choice(LEADS) + t.format(name=name, Name=cap(name))
+                for t in rng.sample(TRAIN_TEMPLATES, PHRASINGS_PER_TOPIC)]
+    return out
 
 
 def n_words(text: str) -> int:
@@ -888,7 +918,7 @@ def n_words(text: str) -> int:
 def response(topic, style: str, rng: random.Random) -> str:
     name, be, _why, short, what, facts, analogy, question = topic
     if style == "engaging":
-        parts = [rng.choice(OPENERS), analogy, what, facts[0], question]
+        parts = [rng.choice(OPENERS), what, analogy, facts[0], question]
         if n_words(" ".join(parts)) > 58:       # stay inside the judge's length band
             parts.remove(facts[0])
         return " ".join(p for p in parts if p)
@@ -918,7 +948,7 @@ def draw_style(rng: random.Random, exclude: str | None = None) -> str:
 def build_sft(train_topics, rng):
     rows, styles = [], []
     for topic in train_topics:
-        for i, prompt in enumerate(prompts_of(topic)):
+        for i, prompt in enumerate(prompts_of(topic, rng)):
             style = draw_style(rng)
             rows.append({"prompt": prompt, "response": response(topic, style, rng)})
             styles.append(style)

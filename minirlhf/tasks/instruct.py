@@ -2,10 +2,11 @@
 
 The shipped data (minirlhf/tasks/data/instruct/, written by scripts/make_instruct_data.py):
 
-    sft.jsonl           600 {"prompt", "response"} demonstrations on 100 topics (science,
-                        nature, everyday things), 5 prompt styles each ("Explain X to a
-                        10-year-old.", "What is X?", "Tell me about X.", "Can you explain
-                        X in simple words?", and a topic's own "Why ...?" question).
+    sft.jsonl           1,600 {"prompt", "response"} demonstrations on 100 topics (science,
+                        nature, everyday things), 16 prompts each: 5 fixed styles ("Explain X
+                        to a 10-year-old." twice, "What is X?", "Tell me about X.", "Can you
+                        explain X in simple words?", a topic's own "Why ...?" question) and
+                        10 phrasings drawn from a pool of 22, some after a lead-in ("Hi! ").
                         Responses are of MIXED quality on purpose: engaging (an analogy,
                         "imagine", a question asked back), dry and flat, too short, and
                         rambling too long. SFT learns the mixture; preference learning
@@ -13,8 +14,8 @@ The shipped data (minirlhf/tasks/data/instruct/, written by scripts/make_instruc
     test_prompts.jsonl  100 held-out {"prompt", "topic", "reference"}: one per topic, in a
                         phrasing no training prompt uses ("Could you describe X for a
                         kid?", "I want to learn about X.", "Teach me about X, please."), so
-                        the topics are seen and the words are not; "reference" is an
-                        engaging gold response.
+                        the topics are seen and the phrasings are not (their words occur in
+                        other training phrasings); "reference" is an engaging gold response.
     corpus.txt          plain English sentences about all 100 topics and every
                         demonstration as a "prompt response" paragraph, for pretraining.
     topics.json         each topic's name words and fact words (words of its sheet that
@@ -322,7 +323,7 @@ class InstructTask(Task):
 
     def prompts(self, split: str) -> list[str]:
         """"train": the distinct prompts of sft.jsonl (first-seen order); "test": the
-        held-out prompts (their topics never occur in training)."""
+        held-out prompts (trained topics in phrasings no training prompt uses)."""
         if check_split(split) == "train":
             return list(dict.fromkeys(r["prompt"] for r in self._sft))
         return [r["prompt"] for r in self._test]

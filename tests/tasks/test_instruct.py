@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from minirlhf.tasks.instruct import (JUDGE_WEIGHTS, InstructConfig, InstructTask, analogy_score,
                                      default_data_dir, engaging_score, judge_components,
                                      judge_score, length_score, on_topic, question_score,
-                                     repetition, topic_of, topic_score)
+                                     repetition, topic_of, topic_score, words)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Explain rainbows to a 10-year-old."
@@ -30,17 +30,17 @@ def n_words(k: int, word: str = "w") -> str:
 
 
 # ---- shipped files ---------------------------------------------------------------------
-def test_shipped_files_parse_and_have_several_hundred_rows():
+def test_shipped_files_parse_and_have_sixteen_rows_a_topic():
     d = default_data_dir()
     assert d == ROOT / "minirlhf" / "tasks" / "data" / "instruct"
     sft = [json.loads(line) for line in (d / "sft.jsonl").read_text("utf-8").splitlines()]
     test = [json.loads(line) for line in (d / "test_prompts.jsonl").read_text("utf-8").splitlines()]
-    assert 300 <= len(sft) <= 600
+    assert len(sft) == 1600  # 100 topics x 16 demonstrations
     assert all(set(r) == {"prompt", "response"} and r["prompt"] and r["response"] for r in sft)
     assert len(test) >= 50
     assert all(set(r) == {"prompt", "topic", "reference"} for r in test)
     corpus = (d / "corpus.txt").read_bytes()
-    assert 50_000 < len(corpus) < 400_000
+    assert 50_000 < len(corpus) < 1_000_000
     corpus.decode("utf-8")
 
 
@@ -62,6 +62,14 @@ def test_test_prompts_are_held_out_phrasings_of_trained_topics(task):
     for p in test:  # the held-out phrasing occurs in no training prompt
         phrasing = p.split(topic_of(p, task.topics))[0]
         assert not any(t.startswith(phrasing) for t in train), p
+    train_words = {w for p in train for w in words(p)}
+    for p in test:  # new phrasings, but in words that training prompts use
+        assert set(words(p)) <= train_words, (p, set(words(p)) - train_words)
+    per_topic = {}
+    for p in train:
+        per_topic.setdefault(topic_of(p, task.topics), set()).add(p)
+    # 5 styles + 10 phrasings, the "Why ...?" question not always naming its topic
+    assert all(len(v) >= 14 for k, v in per_topic.items() if k is not None)
     for p in train:  # every templated training prompt names a topic the metric knows
         if not p.startswith("Why"):  # (a topic's own "Why ...?" may not: "Why do things fall down?")
             assert topic_of(p, task.topics) is not None, p
