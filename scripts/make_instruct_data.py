@@ -10,15 +10,19 @@ are written dry on purpose (no "you", no analogy words, no questions); the analo
 question carry the engaging style. From them the generator writes responses of four
 qualities, drawn at random with a fixed seed:
 
-    engaging  (35%)  opener + analogy + definition (+ a fact) + a question asked back, 25-60 words
+    engaging  (35%)  opener + definition + analogy (+ a fact) + a question asked back, 25-60 words
     dry       (30%)  definition + two facts: correct but flat, 20-60 words
     short     (15%)  the short answer alone, under 10 words
     rambling  (20%)  definition + all facts + filler, restating itself, over 80 words
 
-80 topics x 5 prompt styles = 400 training prompts; the "Explain X to a 10-year-old."
-prompt gets a second response of another quality, so 480 rows. The other 20 topics
-(TEST_TOPICS) give 100 held-out prompts with an engaging reference each. The corpus
-(corpus.txt) holds plain sentences about all 100 topics in several shuffled arrangements.
+100 topics x (5 prompt styles + PHRASINGS_PER_TOPIC = 10 phrasings drawn from TRAIN_TEMPLATES,
+some after a lead-in) = 1,500 training prompts; the "Explain X to a 10-year-old." prompt gets a
+second response of another quality, so 1,600 rows. Every topic is trained on; the 100 held-out
+prompts (test_prompts.jsonl) ask about each topic once in a phrasing that never occurs in
+training (TEST_TEMPLATES), with an engaging reference each. The corpus
+(corpus.txt) holds plain sentences about all 100 topics in two shuffled arrangements plus
+every demonstration as a "prompt response" paragraph. topics.json names each topic's name
+words and fact words (words of its sheet no other topic uses) for the on-topic metric.
 """
 import argparse
 import json
@@ -829,12 +833,20 @@ TOPICS = [
      "What is the hottest day you can remember?"),
 ]
 
-# Held-out topics: never in sft.jsonl, only in test_prompts.jsonl (and in the corpus).
-TEST_TOPICS = [
-    "snow", "magnets", "earthquakes", "ants", "bats", "teeth", "echoes", "tides", "deserts",
-    "rust", "popcorn", "wheels", "comets", "muscles", "fingerprints", "camels", "owls",
-    "hiccups", "yawning", "thermometers",
-]
+# Held-out phrasings: prompt templates that never occur in sft.jsonl. Every topic is trained
+# on; each topic's held-out prompt uses one of these templates (in turn), so the held-out set
+# asks about seen topics in unseen words, and a model must read the topic out of the prompt.
+TEST_TEMPLATES = ["Could you describe {name} for a kid?", "I want to learn about {name}.",
+                  "Teach me about {name}, please."]
+# Words that no topic owns: never a topic's fact word (see topic_sheet).
+COMMON_WORDS = frozenset("""
+about after also always around because been being below between body called cannot
+different during each every first from give gives have help helps inside into keep keeps
+kinds large like little long made make makes many more most much other people place places
+same some something sometimes than that their them then there these they thing things those
+through tiny very water what when where which while with without world years
+would could should there their these those
+""".split())
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "minirlhf" / "tasks" / "data" / "instruct"
@@ -863,11 +875,40 @@ def cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def prompts_of(topic) -> list[str]:
-    """The five prompt styles of one topic; the first is "Explain X to a 10-year-old."."""
+# Training phrasings beyond the fixed styles: each topic is asked in PHRASINGS_PER_TOPIC of
+# these (drawn with the seed), so a topic's name appears at many places in many sentences and a
+# model must learn to read it out of whatever words surround it. None is a held-out template,
+# but every word of the held-out templates occurs in some of them: the held-out prompts are new
+# phrasings in words the model has read, as a pretrained model would have read them.
+TRAIN_TEMPLATES = [
+    "What can you tell me about {name}?", "Describe {name} in a few sentences.",
+    "{Name}: how would you explain that to a child?", "Give me a simple explanation of {name}.",
+    "Help me understand {name}.", "I am curious about {name}. What should I know?",
+    "My little brother asked me about {name}. What do I say?", "Say something about {name}.",
+    "What is the science behind {name}?", "Write a short explanation of {name} for a student.",
+    "Please explain {name}.", "Quick question about {name}: what is going on there?",
+    "What should a kid know about {name}?", "Could you talk about {name} for a minute?",
+    "Explain {name} like I am five.", "Share a fun explanation of {name}.",
+    # the words of the held-out phrasings (teach, learn, describe, please, kid), in other orders
+    "What would you teach a class about {name}?", "I want to know more about {name}.",
+    "Please describe {name} simply.", "We are learning about {name} at school. Can you help?",
+    "Could you help a kid learn about {name}?", "Teach the basics of {name}, please.",
+]
+# A lead-in before some of them, so the topic's name moves further along the prompt.
+LEADS = ["", "", "", "Hi! ", "Hey. ", "Hello there. ", "I have a question. ", "Okay, so: "]
+PHRASINGS_PER_TOPIC = 10
+
+
+def prompts_of(topic, rng: random.Random | None = None) -> list[str]:
+    """The five prompt styles of one topic (the first is "Explain X to a 10-year-old."), then
+    PHRASINGS_PER_TOPIC phrasings drawn from TRAIN_TEMPLATES when an rng is given."""
     name, be, why = topic[0], topic[1], topic[2]
-    return [f"Explain {name} to a 10-year-old.", f"What {be} {name}?", f"Tell me about {name}.",
-            f"Can you explain {name} in simple words?", why]
+    out = [f"Explain {name} to a 10-year-old.", f"What {be} {name}?", f"Tell me about {name}.",
+           f"Can you explain {name} in simple words?", why]
+    if rng is not None:
+        out += [rng.choice(LEADS) + t.format(name=name, Name=cap(name))
+                for t in rng.sample(TRAIN_TEMPLATES, PHRASINGS_PER_TOPIC)]
+    return out
 
 
 def n_words(text: str) -> int:
@@ -877,7 +918,7 @@ def n_words(text: str) -> int:
 def response(topic, style: str, rng: random.Random) -> str:
     name, be, _why, short, what, facts, analogy, question = topic
     if style == "engaging":
-        parts = [rng.choice(OPENERS), analogy, what, facts[0], question]
+        parts = [rng.choice(OPENERS), what, analogy, facts[0], question]
         if n_words(" ".join(parts)) > 58:       # stay inside the judge's length band
             parts.remove(facts[0])
         return " ".join(p for p in parts if p)
@@ -907,7 +948,7 @@ def draw_style(rng: random.Random, exclude: str | None = None) -> str:
 def build_sft(train_topics, rng):
     rows, styles = [], []
     for topic in train_topics:
-        for i, prompt in enumerate(prompts_of(topic)):
+        for i, prompt in enumerate(prompts_of(topic, rng)):
             style = draw_style(rng)
             rows.append({"prompt": prompt, "response": response(topic, style, rng)})
             styles.append(style)
@@ -918,12 +959,45 @@ def build_sft(train_topics, rng):
     return rows, styles
 
 
-def build_test(test_topics, rng):
-    return [{"prompt": p, "reference": response(topic, "engaging", rng)}
-            for topic in test_topics for p in prompts_of(topic)]
+def build_test(topics, rng):
+    """One held-out prompt per topic, from TEST_TEMPLATES in turn, with an engaging reference."""
+    return [{"prompt": TEST_TEMPLATES[i % len(TEST_TEMPLATES)].format(name=topic[0]),
+             "topic": topic[0], "reference": response(topic, "engaging", rng)}
+            for i, topic in enumerate(topics)]
 
 
-def build_corpus(topics, rng, arrangements: int = 4) -> str:
+def topic_sheet(topics) -> dict:
+    """topics.json: for every topic its name words (the name minus "the" and COMMON_WORDS: "the
+    water cycle" -> ["cycle"]) and its fact words:
+    the words of 5+ letters of its definition and facts that occur in NO other topic's
+    definition or facts (and are not COMMON_WORDS), so that naming one is evidence of that
+    topic and of no other. The on-topic metric (minirlhf.tasks.instruct.on_topic) reads it."""
+    from minirlhf.tasks.instruct import words
+
+    def sheet_words(topic):
+        return {w for text in (topic[4], *topic[5]) for w in words(text)
+                if len(w) >= 5 and w not in COMMON_WORDS and "'" not in w}
+
+    per_topic = {t[0]: sheet_words(t) for t in topics}
+    count = {}
+    for ws in per_topic.values():
+        for w in ws:
+            count[w] = count.get(w, 0) + 1
+    out = {}
+    for t in topics:
+        name_words = [w for w in words(t[0]) if w != "the" and w not in COMMON_WORDS] or words(t[0])
+        facts = sorted(w for w in per_topic[t[0]] if count[w] == 1 and w not in name_words)
+        out[t[0]] = {"name": name_words, "facts": facts}
+    return out
+
+
+def build_pairs_text(rows) -> list[str]:
+    """Each demonstration as a plain "prompt response" paragraph, so pretraining already sees
+    a prompt followed by text about its topic."""
+    return [f"{r['prompt']} {r['response']}" for r in rows]
+
+
+def build_corpus(topics, rng, arrangements: int = 4, pairs=()) -> str:
     """Plain sentences about every topic: facts, "Why" questions with their answers, and
     the analogies and questions, in `arrangements` shuffled paragraph orders."""
     paragraphs = []
@@ -936,6 +1010,7 @@ def build_corpus(topics, rng, arrangements: int = 4) -> str:
             answer = [what, rng.choice(facts)]
             paragraphs.append(" ".join([why, *answer]))
             paragraphs.append(" ".join([analogy, short, question]))
+    paragraphs += list(pairs)
     rng.shuffle(paragraphs)
     return "\n\n".join(paragraphs) + "\n"
 
@@ -981,17 +1056,19 @@ def main():
 
     names = [t[0] for t in TOPICS]
     assert len(set(names)) == len(names), "duplicate topic names"
-    assert set(TEST_TOPICS) <= set(names), set(TEST_TOPICS) - set(names)
-    train_topics = [t for t in TOPICS if t[0] not in TEST_TOPICS]
-    test_topics = [t for t in TOPICS if t[0] in TEST_TOPICS]
 
     rng = random.Random(SEED)
-    rows, styles = build_sft(train_topics, rng)
-    test_rows = build_test(test_topics, rng)
-    corpus = build_corpus(TOPICS, rng)
+    rows, styles = build_sft(TOPICS, rng)
+    test_rows = build_test(TOPICS, rng)
+    corpus = build_corpus(TOPICS, rng, arrangements=2, pairs=build_pairs_text(rows))
     check_styles(rows, styles)
+    sheet = topic_sheet(TOPICS)
+    bare = [n for n, v in sheet.items() if not v["facts"]]
+    print(f"  topics.json: {len(sheet)} topics, {sum(len(v['facts']) for v in sheet.values())} fact words; "
+          f"named only by their name: {bare}")
 
-    files = {"sft.jsonl": jsonl(rows), "test_prompts.jsonl": jsonl(test_rows), "corpus.txt": corpus}
+    files = {"sft.jsonl": jsonl(rows), "test_prompts.jsonl": jsonl(test_rows), "corpus.txt": corpus,
+             "topics.json": json.dumps(sheet, indent=0, sort_keys=True) + "\n"}
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for fname, text in files.items():
         path = OUT_DIR / fname

@@ -211,3 +211,44 @@ def test_a_tiny_quick_pipeline_with_variants_and_best_of_n(tmp_path):
     assert bon["accuracy"] == bon["accuracy_t1"] and 0.0 <= bon["accuracy"] <= 1.0
     assert bon["kl_to_sft"] == pytest.approx(math.log(4) - 3 / 4) and bon["kl_is_bound"]
     assert "| bon |" in (out / "results.md").read_text()
+
+
+def test_results_table_adds_an_on_topic_column_only_when_the_task_reports_it():
+    from minirlhf.pipeline import results_table
+
+    rows = {"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "kl_to_sft": 0.0, "on_topic": 0.9},
+            "ppo": {"accuracy": 0.6, "accuracy_t1": 0.5, "kl_to_sft": 0.1, "reward": 1.0, "on_topic": 0.88}}
+    lines = results_table(rows, {"sft": 3.0}, "judge_score").splitlines()
+    assert lines[0].endswith("| on topic (greedy) |") and lines[1].count("---") == 7
+    assert lines[2].endswith("| 3 | 0.900 |") and lines[3].endswith("| - | 0.880 |")
+    plain = results_table({"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "kl_to_sft": 0.0}}, {}, "accuracy")
+    assert "on topic" not in plain
+
+
+def test_results_md_examples_list_every_policys_answer_under_its_prompt():
+    from minirlhf.pipeline import examples_section
+
+    rows = {"sft": {"examples": [{"prompt": "What is rain?", "response": "Rain is water."},
+                                 {"prompt": "Why?", "response": "Because \"so\"."}]},
+            "ppo": {"examples": [{"prompt": "What is rain?", "response": "Imagine rain!"}]},
+            "bon": {}}
+    lines = examples_section(rows).splitlines()
+    assert lines[0].startswith("Example answers to the first 2 held-out prompts")
+    i = lines.index("**What is rain?**")
+    assert lines[i + 2 : i + 4] == ['- sft: "Rain is water."', '- ppo: "Imagine rain!"']
+    assert lines[lines.index("**Why?**") + 2 :] == ['- sft: "Because \\"so\\"."']
+
+
+def test_seeds_tables_add_the_on_topic_column_when_a_seed_reports_it():
+    from minirlhf.pipeline import seeds_tables
+
+    def seed(s, on):
+        return {"seed": s, "rows": {"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "kl_to_sft": 0.0, "on_topic": on}},
+                "times": {"sft": 1.0}, "total": 2.0}
+
+    text = seeds_tables([seed(0, 0.9), seed(1, 0.8)], "judge_score")
+    assert "| on topic (greedy) |" in text and "| sft | 0.500 ± 0.000 | 0.400 ± 0.000 | - | 0.000 ± 0.000 | 0.850 ± 0.071 |" in text
+    assert "| 1 | sft | 0.500 | 0.400 | - | 0.000 | 0.800 |" in text
+    plain = seeds_tables([{**seed(0, 0), "rows": {"sft": {"accuracy": 0.5, "accuracy_t1": 0.4, "kl_to_sft": 0.0}}}],
+                         "accuracy")
+    assert "on topic" not in plain

@@ -19,7 +19,7 @@ def package_files() -> set[str]:
     """Every file the package needs at run time, as wheel member names: the modules and the data."""
     pkg = ROOT / "minirlhf"
     files = {p for p in pkg.rglob("*.py")}
-    files |= set((pkg / "tasks" / "data").rglob("*.jsonl")) | set((pkg / "tasks" / "data").rglob("*.txt"))
+    files |= {p for ext in ("*.jsonl", "*.txt", "*.json") for p in (pkg / "tasks" / "data").rglob(ext)}
     return {str(p.relative_to(ROOT)) for p in files if "__pycache__" not in p.parts}
 
 
@@ -39,6 +39,7 @@ def test_the_wheel_holds_every_module_and_the_instruct_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = package_files()
     assert "minirlhf/trainers/ppo.py" in expected and "minirlhf/tasks/data/instruct/sft.jsonl" in expected
+    assert "minirlhf/tasks/data/instruct/topics.json" in expected  # the on_topic metric reads it
     missing = sorted(expected - names)
     assert not missing, f"left out of the wheel: {missing}"
 

@@ -2,18 +2,29 @@
 
 The shipped data (minirlhf/tasks/data/instruct/, written by scripts/make_instruct_data.py):
 
-    sft.jsonl           480 {"prompt", "response"} demonstrations on 80 topics (science,
-                        nature, everyday things), 5 prompt styles each ("Explain X to a
-                        10-year-old.", "What is X?", "Tell me about X.", "Can you explain
-                        X in simple words?", and a topic's own "Why ...?" question).
+    sft.jsonl           1,600 {"prompt", "response"} demonstrations on 100 topics (science,
+                        nature, everyday things), 16 prompts each: 5 fixed styles ("Explain X
+                        to a 10-year-old." twice, "What is X?", "Tell me about X.", "Can you
+                        explain X in simple words?", a topic's own "Why ...?" question) and
+                        10 phrasings drawn from a pool of 22, some after a lead-in ("Hi! ").
                         Responses are of MIXED quality on purpose: engaging (an analogy,
                         "imagine", a question asked back), dry and flat, too short, and
                         rambling too long. SFT learns the mixture; preference learning
                         against the judge below has something to improve.
-    test_prompts.jsonl  100 held-out {"prompt", "reference"} on 20 topics that never
-                        occur in sft.jsonl; "reference" is an engaging gold response.
-    corpus.txt          plain English sentences about all 100 topics, for pretraining:
-                        about 238 KB, 78.5k tokens of the default 1024-token BPE.
+    test_prompts.jsonl  100 held-out {"prompt", "topic", "reference"}: one per topic, in a
+                        phrasing no training prompt uses ("Could you describe X for a
+                        kid?", "I want to learn about X.", "Teach me about X, please."), so
+                        the topics are seen and the phrasings are not (their words occur in
+                        other training phrasings); "reference" is an engaging gold response.
+    corpus.txt          plain English sentences about all 100 topics and every
+                        demonstration as a "prompt response" paragraph, for pretraining.
+    topics.json         each topic's name words and fact words (words of its sheet that
+                        no other topic's sheet uses), read by `on_topic`.
+
+on_topic(prompt, response) is 1 when the response names the prompt's topic or one of its
+fact words (up to a plural ending), 0 otherwise; the task's metric reports its mean as
+"on_topic" next to "judge_score", so the judge's score can be read against whether the
+text is about the question at all.
 
 The judge is a transparent stand-in for a human rater, in the spirit of the "simple
 quality score" of the RLHF write-up this project follows (a question asked back, engaging
@@ -64,7 +75,7 @@ a about an and are as at be because by can could do does for from happen happens
 is it its it's me more my of on or please simple simply so some tell that the their them
 then there these they this to up us was we what when where which who why will with would
 you your 10 10-year-old year old years ten kid kids child children explain explains words
-word know work works make makes get gets out into have has did
+word know work works make makes get gets out into have has did describe kid learn teach
 """.split())
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
@@ -169,6 +180,40 @@ def judge_score(prompt: str, response: str) -> float:
     return judge_components(prompt, response)["score"]
 
 
+def load_topics(path: Path) -> dict[str, dict[str, list[str]]]:
+    """topics.json: {topic: {"name": [name words], "facts": [fact words]}}; {} when absent."""
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def topic_of(prompt: str, topics: dict[str, dict[str, list[str]]]) -> str | None:
+    """The topic a prompt asks about: the topic whose name words all occur in the prompt (up
+    to a plural ending), the one with the most name words when several do; None if none."""
+    said = set(words(prompt))
+    best, best_n = None, 0
+    for topic, sheet in topics.items():
+        name = sheet["name"]
+        if name and len(name) > best_n and all(any(_same_word(n, w) for w in said) for n in name):
+            best, best_n = topic, len(name)
+    return best
+
+
+def on_topic(prompt: str, response: str, topics: dict[str, dict[str, list[str]]]) -> float | None:
+    """1.0 if the response is about the prompt's topic, else 0.0; None if the prompt has no
+    known topic. About the topic = it names a word of the topic's name or one of the topic's
+    fact words (words of its sheet that no other topic's sheet uses, see
+    scripts/make_instruct_data.py), up to a plural ending."""
+    topic = topic_of(prompt, topics)
+    if topic is None:
+        return None
+    sheet = topics[topic]
+    keys = [*sheet["name"], *sheet["facts"]]
+    said = set(words(response))
+    return 1.0 if any(_same_word(k, w) for k in keys for w in said) else 0.0
+
+
 # ----------------------------------------------------------------------------------------
 # the shipped data
 # ----------------------------------------------------------------------------------------
@@ -245,6 +290,7 @@ class InstructTask(Task):
         self._sft = read_jsonl(self.data_dir / "sft.jsonl", ("prompt", "response"))
         self._test = read_jsonl(self.data_dir / "test_prompts.jsonl", ("prompt", "reference"))
         self._references = {r["prompt"]: r["reference"] for r in self._test}
+        self.topics = load_topics(self.data_dir / "topics.json")
         train = set(r["prompt"] for r in self._sft)
         overlap = train.intersection(self._references)
         if overlap:
@@ -277,7 +323,7 @@ class InstructTask(Task):
 
     def prompts(self, split: str) -> list[str]:
         """"train": the distinct prompts of sft.jsonl (first-seen order); "test": the
-        held-out prompts (their topics never occur in training)."""
+        held-out prompts (trained topics in phrasings no training prompt uses)."""
         if check_split(split) == "train":
             return list(dict.fromkeys(r["prompt"] for r in self._sft))
         return [r["prompt"] for r in self._test]
@@ -295,7 +341,9 @@ class InstructTask(Task):
         return judge_components(prompt, response)
 
     def metric(self, prompts: list[str], responses: list[str]) -> dict[str, float]:
-        """{"judge_score": mean score, "judge/<component>": mean of each component}, plus
+        """{"judge_score": mean score, "judge/<component>": mean of each component,
+        "on_topic": share of responses on their prompt's topic (`on_topic`, over the prompts
+        whose topic topics.json knows)}, plus
         "rouge_l" (mean ROUGE-L F against the references) when every prompt has one."""
         check_generations(prompts, responses)
         rows = [judge_components(p, r) for p, r in zip(prompts, responses)]
@@ -303,6 +351,10 @@ class InstructTask(Task):
         out = {"judge_score": sum(r["score"] for r in rows) / n}
         for key in (*JUDGE_WEIGHTS, "repetition"):
             out[f"judge/{key}"] = sum(r[key] for r in rows) / n
+        flags = [on_topic(p, r, self.topics) for p, r in zip(prompts, responses)]
+        flags = [f for f in flags if f is not None]
+        if flags:
+            out["on_topic"] = sum(flags) / len(flags)
         refs = [self.reference(p) for p in prompts]
         if all(ref is not None for ref in refs):
             from minirlhf.tasks.metrics import mean_rouge_l

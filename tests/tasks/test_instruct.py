@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from minirlhf.tasks.instruct import (JUDGE_WEIGHTS, InstructConfig, InstructTask, analogy_score,
                                      default_data_dir, engaging_score, judge_components,
-                                     judge_score, length_score, question_score, repetition,
-                                     topic_score)
+                                     judge_score, length_score, on_topic, question_score,
+                                     repetition, topic_of, topic_score, words)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Explain rainbows to a 10-year-old."
@@ -30,17 +30,17 @@ def n_words(k: int, word: str = "w") -> str:
 
 
 # ---- shipped files ---------------------------------------------------------------------
-def test_shipped_files_parse_and_have_several_hundred_rows():
+def test_shipped_files_parse_and_have_sixteen_rows_a_topic():
     d = default_data_dir()
     assert d == ROOT / "minirlhf" / "tasks" / "data" / "instruct"
     sft = [json.loads(line) for line in (d / "sft.jsonl").read_text("utf-8").splitlines()]
     test = [json.loads(line) for line in (d / "test_prompts.jsonl").read_text("utf-8").splitlines()]
-    assert 300 <= len(sft) <= 600
+    assert len(sft) == 1600  # 100 topics x 16 demonstrations
     assert all(set(r) == {"prompt", "response"} and r["prompt"] and r["response"] for r in sft)
     assert len(test) >= 50
-    assert all(set(r) == {"prompt", "reference"} for r in test)
+    assert all(set(r) == {"prompt", "topic", "reference"} for r in test)
     corpus = (d / "corpus.txt").read_bytes()
-    assert 50_000 < len(corpus) < 400_000
+    assert 50_000 < len(corpus) < 1_000_000
     corpus.decode("utf-8")
 
 
@@ -50,18 +50,67 @@ def test_shipped_sft_rows_pass_the_data_validator():
     assert len(rows) == len(InstructTask().sft_rows())
 
 
-def test_test_prompts_and_topics_are_disjoint_from_train(task):
+def test_test_prompts_are_held_out_phrasings_of_trained_topics(task):
+    """Held-out prompts ask about topics the demonstrations cover, in templates they never use."""
     train, test = task.prompts("train"), task.prompts("test")
     assert not set(train) & set(test)
-    assert len(set(test)) == len(test)
+    assert len(set(test)) == len(test) == 100
     explain = re.compile(r"Explain (.+) to a 10-year-old\.")
     train_topics = {m.group(1) for p in train if (m := explain.fullmatch(p))}
-    test_topics = {m.group(1) for p in test if (m := explain.fullmatch(p))}
-    assert len(train_topics) >= 50 and len(test_topics) >= 10
-    assert not train_topics & test_topics
-    # no held-out topic is even mentioned in a training prompt
-    for topic in test_topics:
-        assert not any(re.search(rf"\b{re.escape(topic)}\b", p) for p in train), topic
+    assert train_topics == set(task.topics)
+    assert {topic_of(p, task.topics) for p in test} == set(task.topics)
+    for p in test:  # the held-out phrasing occurs in no training prompt
+        phrasing = p.split(topic_of(p, task.topics))[0]
+        assert not any(t.startswith(phrasing) for t in train), p
+    train_words = {w for p in train for w in words(p)}
+    for p in test:  # new phrasings, but in words that training prompts use
+        assert set(words(p)) <= train_words, (p, set(words(p)) - train_words)
+    per_topic = {}
+    for p in train:
+        per_topic.setdefault(topic_of(p, task.topics), set()).add(p)
+    # 5 styles + 10 phrasings, the "Why ...?" question not always naming its topic
+    assert all(len(v) >= 14 for k, v in per_topic.items() if k is not None)
+    for p in train:  # every templated training prompt names a topic the metric knows
+        if not p.startswith("Why"):  # (a topic's own "Why ...?" may not: "Why do things fall down?")
+            assert topic_of(p, task.topics) is not None, p
+
+
+# ---- the on-topic metric ----------------------------------------------------------------
+TOPICS = {"rainbows": {"name": ["rainbows"], "facts": ["prism", "raindrop"]},
+          "coral reefs": {"name": ["coral", "reefs"], "facts": ["skeletons"]},
+          "the sky": {"name": ["sky"], "facts": ["scatters"]}}
+
+
+def test_topic_of_reads_the_topic_out_of_the_prompt():
+    assert topic_of("Teach me about rainbows, please.", TOPICS) == "rainbows"
+    assert topic_of("Why is the sky blue?", TOPICS) == "the sky"
+    assert topic_of("I want to learn about coral reefs.", TOPICS) == "coral reefs"
+    assert topic_of("Tell me about snow.", TOPICS) is None
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("A rainbow is an arc of colors.", 1.0),                  # names the topic (singular)
+    ("Every raindrop bends the light.", 1.0),                  # one of its facts
+    ("Think of a prism in the air.", 1.0),                     # another fact
+    ("Coral reefs are built by tiny animals.", 0.0),           # another topic
+    ("Skin is a strong where hot, feeling where a magn; the glass?", 0.0),  # word salad
+    ("", 0.0),
+])
+def test_on_topic_by_name_by_fact_and_off_topic(response, expected):
+    assert on_topic("Could you describe rainbows for a kid?", response, TOPICS) == expected
+
+
+def test_on_topic_is_none_for_a_prompt_of_no_known_topic():
+    assert on_topic("Tell me about snow.", "Snow is cold.", TOPICS) is None
+
+
+def test_shipped_references_are_on_topic_and_other_topics_references_are_not(task):
+    prompts = task.prompts("test")
+    refs = [task.reference(p) for p in prompts]
+    assert task.metric(prompts, refs)["on_topic"] == 1.0
+    shifted = refs[1:] + refs[:1]  # each prompt answered with the next topic's reference
+    # neighbouring topic sheets are related (clouds -> rain mentions clouds), so a few are on topic
+    assert task.metric(prompts, shifted)["on_topic"] <= 0.2
 
 
 def test_every_train_prompt_has_a_demonstration_and_test_prompts_a_reference(task):
