@@ -42,7 +42,8 @@ def test_make_gpt2_folder_writes_a_folder_that_minirlhf_import_reads(tmp_path):
     model, tok, _, _ = import_gpt2(tmp_path / "hf", tmp_path / "gpt2")
     assert model.config.n_layer == 1 and tok.eos_token == "<eos>"
     task = get_task("jsonl", sft=str(tmp_path / "dolly.jsonl"), test_prompts=str(tmp_path / "t.jsonl"))
-    assert len(task.sft_rows("train")) == 480 and len(task.prompts("test")) == 100
+    instruct = get_task("instruct")  # every demonstration and held-out prompt comes through the Dolly layout
+    assert task.sft_rows("train") == instruct.sft_rows("train") and task.prompts("test") == instruct.prompts("test")
 
 
 def test_bench_pipeline_runs_a_short_quick_pipeline(tmp_path):
