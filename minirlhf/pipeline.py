@@ -2,7 +2,7 @@
 PPO, TRPO, GRPO, RLOO and DPO, each from the same SFT start; then one table and one figure.
 
     minirlhf pipeline                      arithmetic, built-in recipe (about 15 minutes on 2 CPU cores)
-    minirlhf pipeline --quick              a smoke run of every stage (about 2 minutes)
+    minirlhf pipeline --quick              a smoke run of every stage (under a minute)
     minirlhf pipeline --task instruct      the instruction task with its heuristic judge (about 10 minutes)
     minirlhf pipeline --task bandit        one-token arms with seeded rewards (seconds per stage)
     minirlhf pipeline --set ppo.iterations=80 --set dpo.dpo.beta=0.2     change any stage's option
