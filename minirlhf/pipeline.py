@@ -255,35 +255,28 @@ def stage_configs(cfg: PipelineConfig) -> dict:
         wiring[alg] = {"policy": sft_model, "run": {**run, "out": str(out / alg)}}
     classes = {stage: config_class(stage) for stage in STAGES}
     overrides = parse_overrides(cfg.set)
-    configs = {}
-    for stage, cls in classes.items():
-        d = merge(to_dict(cls()), recipe.get(stage, {}))
-        if cfg.quick:
-            d = merge(d, QUICK.get(stage, {}))
-        d = merge(d, wiring[stage])
-        if stage in SUPERVISED:
-            d = merge(d, {"run": {"dtype": dtype}})
-        d = merge(d, overrides.get(stage, {}))
+
+    def resolve(name: str):
+        """One stage's or variant's config: its base stage's defaults merged with each layer in turn."""
+        base = base_stage(name)
+        layers = [recipe.get(base, {}), QUICK.get(base, {}) if cfg.quick else {},
+                  {"run": {"dtype": dtype}} if base in SUPERVISED else {}]
+        if name == base:
+            layers += [wiring[base], overrides.get(base, {})]
+        else:  # the base's --set carries over, then the variant's options, its own folder and its own --set
+            own_folder = {**wiring[base], "run": {**wiring[base]["run"], "out": str(out / name)}}
+            layers += [overrides.get(base, {}), VARIANTS[name][1], own_folder, overrides.get(name, {})]
+        d = to_dict(classes[base]())
+        for layer in layers:
+            d = merge(d, layer)
         if d.get("reward") == "RM":  # a recipe's way of saying "the pipeline's reward model"
             d["reward"] = rm_model
-        if stage in ("ppo", "trpo") and "reward" not in recipe.get(stage, {}) and "reward" not in overrides.get(stage, {}):
+        if name in ("ppo", "trpo") and "reward" not in recipe.get(name, {}) and "reward" not in overrides.get(name, {}):
             d["reward"] = rm_model  # PPO and TRPO learn from the reward model, as in RLHF
-        configs[stage] = validate_ranges(from_dict(cls, d), stage)
-    for name in (a for a in algorithms if a in VARIANTS):
-        base, options = VARIANTS[name]
-        cls = classes[base]
-        d = merge(to_dict(cls()), recipe.get(base, {}))
-        if cfg.quick:
-            d = merge(d, QUICK.get(base, {}))
-        if base in SUPERVISED:
-            d = merge(d, {"run": {"dtype": dtype}})
-        d = merge(d, overrides.get(base, {}))
-        d = merge(d, options)
-        d = merge(d, {**wiring[base], "run": {**wiring[base]["run"], "out": str(out / name)}})
-        d = merge(d, overrides.get(name, {}))
-        if d.get("reward") == "RM":
-            d["reward"] = rm_model
-        configs[name] = validate_ranges(from_dict(cls, d), name)
+        return validate_ranges(from_dict(classes[base], d), name)
+
+    configs = {stage: resolve(stage) for stage in STAGES}
+    configs.update({name: resolve(name) for name in algorithms if name in VARIANTS})
     if cfg.init:  # a given model: SFT starts from it and the task comes from here, not from pretraining
         configs["sft"] = replace(configs["sft"], init=cfg.init, task=from_dict(type(configs["sft"].task), task))
     return configs
