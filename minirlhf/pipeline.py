@@ -357,7 +357,7 @@ def best_of_n_row(reference, rm, task, tokenizer, template, prompts: list[str], 
     metrics = task.metric(prompts, best)
     row = {"accuracy": metrics[task.metric_name], "accuracy_t1": metrics[task.metric_name],
            "reward": float(torch.cat(scores).mean()), "kl_to_sft": float(best_of_n_kl_bound(n)), "kl_is_bound": True,
-           "n": n, "examples": [{"prompt": p, "response": r} for p, r in zip(prompts[:EXAMPLES], best)]}
+           "n": n, "examples": dict(zip(prompts[:EXAMPLES], best))}
     if "on_topic" in metrics:
         row["on_topic"] = metrics["on_topic"]
     return {**row, "time": time.perf_counter() - t0}
@@ -367,10 +367,10 @@ def best_of_n_row(reference, rm, task, tokenizer, template, prompts: list[str], 
 def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval_prompts: int, seed: int,
             device, bon_n: int = 0) -> dict[str, dict]:
     """The same evaluation of every final policy: accuracy (greedy and t=1), reward, KL to SFT, the
-    share of greedy answers on topic where the task reports it, and "examples": the greedy answers to
-    the first EXAMPLES held-out prompts; with bon_n > 0 and a reward model, a row "bon"
+    share of greedy answers on topic where the task reports it, and "examples": {prompt: greedy answer}
+    for the first EXAMPLES held-out prompts; with bon_n > 0 and a reward model, a row "bon"
     (best_of_n_row) after them."""
-    from minirlhf.evaluation import evaluate_task, generate_responses
+    from minirlhf.evaluation import evaluate_task
     from minirlhf.rollout import RewardModelScorer, sample
     from minirlhf.saving import load_model
     from minirlhf.tasks import task_from_record
@@ -383,12 +383,12 @@ def compare(models: dict[str, str], sft_folder: str, rm_folder: str | None, eval
     rows = {}
     for name, folder in models.items():
         policy = load_model(folder, kind="gpt", device=device)[0].eval()
-        metrics = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), eval_prompts, seed)
+        metrics, answers = evaluate_task(policy, task, tokenizer, template, "test", (0.0, 1.0), eval_prompts, seed,
+                                         return_responses=True)
         row = {"accuracy": metrics[f"eval/{task.metric_name}"], "accuracy_t1": metrics[f"eval_t1/{task.metric_name}"]}
         if "eval/on_topic" in metrics:  # the instruct task: is the greedy answer about the prompt's topic
             row["on_topic"] = metrics["eval/on_topic"]
-        greedy = generate_responses(policy, tokenizer, template, prompts[:EXAMPLES], task.max_response_tokens)
-        row["examples"] = [{"prompt": p, "response": r} for p, r in zip(prompts, greedy)]
+        row["examples"] = dict(zip(prompts[:EXAMPLES], answers["eval"]))  # the greedy answers scored above
         if rm is not None:
             gen = torch.Generator(device=device).manual_seed(seed)
             r = sample(policy, tokenizer, template, prompts, task.max_response_tokens, 1.0, gen)
@@ -426,12 +426,12 @@ def results_table(rows: dict[str, dict], times: dict[str, float], metric_name: s
 def examples_section(rows: dict[str, dict]) -> str:
     """Markdown: each policy's answers to the first held-out prompts (greedy; bon: the sample it picks),
     so what the numbers mean can be read off the text itself."""
-    prompts = list(dict.fromkeys(e["prompt"] for r in rows.values() for e in r.get("examples", ())))
+    prompts = list(dict.fromkeys(p for r in rows.values() for p in r.get("examples", {})))
     lines = [f"Example answers to the first {len(prompts)} held-out prompts (greedy; bon: the sample it picks):"]
     for prompt in prompts:
         lines += ["", f"**{prompt}**", ""]
-        lines += [f"- {name}: {json.dumps(e['response'], ensure_ascii=False)}"
-                  for name, r in rows.items() for e in r.get("examples", ()) if e["prompt"] == prompt]
+        lines += [f"- {name}: {json.dumps(r['examples'][prompt], ensure_ascii=False)}"
+                  for name, r in rows.items() if prompt in r.get("examples", {})]
     return "\n".join(lines)
 
 

@@ -228,9 +228,8 @@ def test_results_table_adds_an_on_topic_column_only_when_the_task_reports_it():
 def test_results_md_examples_list_every_policys_answer_under_its_prompt():
     from minirlhf.pipeline import examples_section
 
-    rows = {"sft": {"examples": [{"prompt": "What is rain?", "response": "Rain is water."},
-                                 {"prompt": "Why?", "response": "Because \"so\"."}]},
-            "ppo": {"examples": [{"prompt": "What is rain?", "response": "Imagine rain!"}]},
+    rows = {"sft": {"examples": {"What is rain?": "Rain is water.", "Why?": 'Because "so".'}},
+            "ppo": {"examples": {"What is rain?": "Imagine rain!"}},
             "bon": {}}
     lines = examples_section(rows).splitlines()
     assert lines[0].startswith("Example answers to the first 2 held-out prompts")

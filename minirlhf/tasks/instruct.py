@@ -75,7 +75,7 @@ a about an and are as at be because by can could do does for from happen happens
 is it its it's me more my of on or please simple simply so some tell that the their them
 then there these they this to up us was we what when where which who why will with would
 you your 10 10-year-old year old years ten kid kids child children explain explains words
-word know work works make makes get gets out into have has did describe kid learn teach
+word know work works make makes get gets out into have has did describe learn teach
 """.split())
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
