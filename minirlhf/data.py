@@ -549,7 +549,7 @@ def collate_sft(encoded, pad_id: int) -> dict:
 
 
 def collate_preferences(tokenizer, template, rows, max_len, truncation: str = "error",
-                        report: dict | None = None) -> dict:
+                        report: dict | None = None, share_prompt: bool = False) -> dict:
     """Encode and right-pad preference rows for one concatenated forward pass.
 
     Returns ``input_ids``, ``attention_mask``, ``loss_mask``, ``n_prompt`` as in
@@ -559,6 +559,9 @@ def collate_preferences(tokenizer, template, rows, max_len, truncation: str = "e
 
     ``max_len`` and ``truncation`` as in ``encode_sft``; with ``"left"``, chosen and
     rejected lose the SAME prompt tokens, so both are scored on one context.
+
+    ``share_prompt``: also ``shared``, the same pairs laid out one pair a row, the prompt once
+    (``share_prompts``), for a forward pass over fewer positions.
     """
     _check_max_len(max_len, "collate_preferences")
     _check_truncation(truncation, "collate_preferences")
@@ -595,7 +598,62 @@ def collate_preferences(tokenizer, template, rows, max_len, truncation: str = "e
     dtype = torch.get_default_dtype()
     batch["prob"] = torch.tensor(probs, dtype=dtype)           # (B,)
     batch["strength"] = torch.tensor(strengths, dtype=dtype)   # (B,)
+    if share_prompt:
+        batch["shared"] = share_prompts(chosen, rejected, tokenizer.pad_id)
     return batch
+
+
+def share_prompts(chosen, rejected, pad_id: int) -> dict:
+    """One row per pair, the prompt x once: ``x y_w y_l``, right-padded (prefix sharing; Wang et al.,
+    2024, "Accelerating Direct Preference Optimization with Prefix Sharing").
+
+    ``chosen``, ``rejected``: the pairs' ``(ids, n_prompt)``, the same prompt ids in both. The
+    rejected response sits after the chosen one but takes the positions it would have on its own
+    (n_prompt, n_prompt + 1, ...) and sees the prompt and itself only, never y_w: with the mask
+    ``allowed`` every token of the row has the hidden state it has in its own sequence, for
+    |x| + |y_w| + |y_l| positions a pair instead of 2 |x| + |y_w| + |y_l|. Returns (B rows, T the
+    longest):
+
+    - ``input_ids`` (B,T), ``positions`` (B,T) (0 on padding);
+    - ``segment`` (B,T): 0 on the prompt, 1 on y_w, 2 on y_l, -1 on padding;
+    - ``allowed`` (B,1,T,T) bool: query i sees key j when j <= i, j is real, and j is in the prompt
+      or in i's own segment; a padding query sees itself only (its softmax is never empty);
+    - ``predictor`` (B,T): the column whose logits predict the token at t, t - 1 inside a
+      segment and the last prompt token for each response's first token (0 on the prompt and padding);
+    - ``chosen_last``, ``rejected_last`` (B,): the columns of each response's last token (its EOS).
+    """
+    if len(chosen) != len(rejected) or not chosen:
+        raise ValueError(f"share_prompts: expected as many chosen as rejected sequences (at least one), "
+                         f"got {len(chosen)} and {len(rejected)}")
+    rows = []
+    for b, ((c_ids, c_n), (r_ids, r_n)) in enumerate(zip(chosen, rejected)):
+        if c_n != r_n or c_ids[:c_n] != r_ids[:r_n]:
+            raise ValueError(f"share_prompts: pair {b}: the chosen and rejected sequences start with different "
+                             f"prompts ({c_n} and {r_n} tokens)")
+        if not 1 <= c_n < min(len(c_ids), len(r_ids)):
+            raise ValueError(f"share_prompts: pair {b}: expected a prompt token and a response token in both "
+                             f"sequences, got n_prompt={c_n}, lengths {len(c_ids)} and {len(r_ids)}")
+        rows.append((c_ids, r_ids[r_n:], c_n))
+    B, T = len(rows), max(len(c) + len(r) for c, r, _ in rows)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    positions = torch.zeros((B, T), dtype=torch.long)
+    segment = torch.full((B, T), -1, dtype=torch.long)
+    predictor = torch.zeros((B, T), dtype=torch.long)
+    chosen_last, rejected_last = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+    for b, (c_ids, r_resp, n) in enumerate(rows):
+        Lc, Lr = len(c_ids), len(r_resp)
+        input_ids[b, :Lc + Lr] = torch.tensor(c_ids + r_resp, dtype=torch.long)
+        positions[b, :Lc] = torch.arange(Lc)
+        positions[b, Lc:Lc + Lr] = torch.arange(n, n + Lr)
+        segment[b, :n], segment[b, n:Lc], segment[b, Lc:Lc + Lr] = 0, 1, 2
+        predictor[b, n:Lc + Lr] = torch.arange(n - 1, Lc + Lr - 1)
+        predictor[b, Lc] = n - 1  # y_l's first token follows the prompt, not y_w
+        chosen_last[b], rejected_last[b] = Lc - 1, Lc + Lr - 1
+    q, k = segment[:, :, None], segment[:, None, :]  # (B,T,1), (B,1,T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q)) | torch.eye(T, dtype=torch.bool)
+    return {"input_ids": input_ids, "positions": positions, "segment": segment, "allowed": allowed[:, None],
+            "predictor": predictor, "chosen_last": chosen_last, "rejected_last": rejected_last}
 
 
 def collate_prompts(tokenizer, template, prompts, max_len=None, truncation: str = "error") -> dict:
@@ -684,18 +742,13 @@ def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str =
         raise DataError(f"no such file; {option} takes a {kind} JSONL file", file=file)
     rows, bad = read_jsonl(path, kind, on_error="raise" if on_bad_row == "raise" else "skip")
     lines = _row_lines(path, bad)
-    kept = []
+    kept, checked = [], {}  # a row repeated in the file (K samples of a confident policy) is encoded once
     for row, line in zip(rows, lines):
-        try:
-            with warnings.catch_warnings():  # truncation is reported when batches are built
-                warnings.simplefilter("ignore")
-                if kind == "sft":
-                    encode_sft(tokenizer, template, [row], max_len, truncation)
-                elif kind == "ranking":
-                    encode_sft(tokenizer, template, row_sequences(row), max_len, truncation)
-                else:
-                    collate_preferences(tokenizer, template, [row], max_len, truncation)
-        except DataError as e:
+        key = json.dumps(row, sort_keys=True, default=str)
+        if key not in checked:
+            checked[key] = _encoding_error(row, kind, tokenizer, template, max_len, truncation)
+        e = checked[key]
+        if e is not None:
             err = DataError(e.reason, file=file, line=line, field=e.field)
             if on_bad_row == "raise":
                 raise err from None
@@ -712,6 +765,22 @@ def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str =
         raise DataError(f"no usable {kind} rows ({len(bad)} bad, see above); {option} needs at least one",
                         file=file)
     return kept, len(bad)
+
+
+def _encoding_error(row: dict, kind: str, tokenizer, template, max_len, truncation: str) -> DataError | None:
+    """Why a parsed row of ``kind`` cannot be encoded within ``max_len``, or None when it can."""
+    try:
+        with warnings.catch_warnings():  # truncation is reported when batches are built
+            warnings.simplefilter("ignore")
+            if kind == "sft":
+                encode_sft(tokenizer, template, [row], max_len, truncation)
+            elif kind == "ranking":
+                encode_sft(tokenizer, template, row_sequences(row), max_len, truncation)
+            else:
+                collate_preferences(tokenizer, template, [row], max_len, truncation)
+    except DataError as e:
+        return e
+    return None
 
 
 def row_sequences(row: dict) -> list[dict]:

@@ -53,8 +53,9 @@ class ScalarHeadModel(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.backbone.hidden_states(idx, attention_mask))  # (B,T)
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.backbone.hidden_states(idx, attention_mask, positions, allowed))  # (B,T)
 
 
 class RewardModel(ScalarHeadModel):

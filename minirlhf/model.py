@@ -336,16 +336,26 @@ class GPT(nn.Module):
             block.attn.impl = impl
         return self
 
-    def _check_input(self, idx: torch.Tensor, attention_mask: torch.Tensor | None):
+    def _check_input(self, idx: torch.Tensor, attention_mask: torch.Tensor | None,
+                     positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None):
         if idx.dim() != 2:
             raise ValueError(f"idx must be a (B,T) tensor of token ids, got shape {tuple(idx.shape)}")
         if idx.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
             raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-        T = idx.size(1)
-        if T > self.config.block_size:
+        B, T = idx.shape
+        if positions is None and T > self.config.block_size:
             raise ValueError(
                 f"sequence length {T} exceeds the model's block_size {self.config.block_size}"
             )
+        if positions is not None:
+            if positions.shape != idx.shape:
+                raise ValueError(f"positions shape {tuple(positions.shape)} != idx shape {tuple(idx.shape)}")
+            if positions.numel() and not 0 <= int(positions.min()) <= int(positions.max()) < self.config.block_size:
+                raise ValueError(f"positions must lie in [0, {self.config.block_size}) (the model's block_size), "
+                                 f"got [{int(positions.min())}, {int(positions.max())}]")
+        if allowed is not None and (allowed.dtype != torch.bool or allowed.shape != (B, 1, T, T)):
+            raise ValueError(f"allowed must be a bool (B,1,T,T) = {(B, 1, T, T)} mask, "
+                             f"got {allowed.dtype} {tuple(allowed.shape)}")
         if idx.numel():
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= self.config.vocab_size:
@@ -363,23 +373,34 @@ class GPT(nn.Module):
     def _embed(self, idx, pos):
         return self.drop(self.wte(idx) + self.wpe(pos))
 
-    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        """Final hidden states LN_f(h_L), (B,T,C): what the LM head and the scalar heads read."""
-        self._check_input(idx, attention_mask)
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None):
+        """Final hidden states LN_f(h_L), (B,T,C): what the LM head and the scalar heads read.
+
+        By default the positions and the causal mask follow from ``attention_mask``. A layout that is
+        not one sequence a row (``data.share_prompts``: a prompt with two responses after it) passes
+        its own ``positions`` (B,T) and ``allowed`` (B,1,T,T) bool mask (True where query i may see key
+        j), which replace them; a row may then be longer than block_size, its positions may not."""
+        self._check_input(idx, attention_mask, positions, allowed)
         B, T = idx.shape
-        if attention_mask is None:
+        if positions is not None:
+            pos = positions
+        elif attention_mask is None:
             pos = torch.arange(T, device=idx.device).expand(B, T)
         else:
             pos = positions_from_mask(attention_mask)
-        allowed = causal_mask(attention_mask, T, idx.device)
+        if allowed is None:
+            allowed = causal_mask(attention_mask, T, idx.device)
         x = self._embed(idx, pos)
         for block in self.h:
             x = block(x, allowed)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        """Next-token logits (B,T,V). ``attention_mask`` (B,T) has 1 on real tokens."""
-        return self.lm_head(self.hidden_states(idx, attention_mask))
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None):
+        """Next-token logits (B,T,V). ``attention_mask`` (B,T) has 1 on real tokens; ``positions`` and
+        ``allowed`` as in ``hidden_states``."""
+        return self.lm_head(self.hidden_states(idx, attention_mask, positions, allowed))
 
     # -- decoding ------------------------------------------------------------------------------
 

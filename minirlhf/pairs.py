@@ -14,6 +14,7 @@ import torch
 
 from minirlhf.data import collate_preferences, step_batch
 from minirlhf.logprobs import sequence_logprobs
+from minirlhf.objectives.policy import logprobs_from_logits
 from minirlhf.policies import dropout_off, reference_policy
 
 
@@ -30,9 +31,26 @@ def batch_logps(model, batch: dict, device) -> torch.Tensor:
         return sequence_logprobs(model, ids, mask, lmask)  # (N,)
 
 
+def shared_prompt_logps(model, shared: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_w|x) and log pi(y_l|x), (B,) each, from one forward pass over the B rows x y_w y_l of
+    ``data.share_prompts``, dropout off: the token at column t is scored by the logits at column
+    predictor[t] (its previous token in its own sequence), and the sums run over each segment."""
+    ids, pos, allowed, segment, predictor = (shared[k].to(device) for k in
+                                             ("input_ids", "positions", "allowed", "segment", "predictor"))
+    with dropout_off(model):
+        logits = model(ids, positions=pos, allowed=allowed)  # (B,T,V)
+    scoring = logits.gather(1, predictor[:, :, None].expand_as(logits))  # (B,T,V): row t predicts token t
+    logp = logprobs_from_logits(scoring, ids)  # (B,T)
+    return ((logp * (segment == 1).to(logp.dtype)).sum(-1),
+            (logp * (segment == 2).to(logp.dtype)).sum(-1))
+
+
 def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_w|x) and log pi(y_l|x), (B,) each, from ONE forward pass over the 2B rows of a
-    ``collate_preferences`` batch (chosen rows first), dropout off (``batch_logps``)."""
+    ``collate_preferences`` batch (chosen rows first), dropout off (``batch_logps``); over its B rows
+    x y_w y_l instead when it was collated with ``share_prompt`` (``shared_prompt_logps``)."""
+    if "shared" in batch:
+        return shared_prompt_logps(model, batch["shared"], device)
     logps = batch_logps(model, batch, device)  # (2B,)
     B = logps.size(0) // 2
     return logps[:B], logps[B:]
@@ -41,13 +59,15 @@ def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.
 @torch.no_grad()
 def reference_logps(model, rows: list[dict], tokenizer, template, max_len: int, truncation: str = "error",
                     batch_size: int = 64, device="cpu", ref_model=None,
-                    autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+                    autocast=contextlib.nullcontext, share_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi_ref(y_w|x) and log pi_ref(y_l|x) for every pair, (N,) each, on the CPU in the dtype the
-    model computes them in. Called once per set of pairs; the trainer never calls it twice for the same pair."""
+    model computes them in. Called once per set of pairs; the trainer never calls it twice for the same pair.
+    ``share_prompt``: each pair's prompt goes through the model once (``data.share_prompts``)."""
     chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
     with reference_policy(model, ref_model) as ref:
         for i in range(0, len(rows), batch_size):
-            batch = collate_preferences(tokenizer, template, rows[i : i + batch_size], max_len, truncation)
+            batch = collate_preferences(tokenizer, template, rows[i : i + batch_size], max_len, truncation,
+                                        share_prompt=share_prompt)
             with autocast():
                 c, r = concatenated_logps(ref, batch, device)
             chosen.append(c.cpu())

@@ -16,6 +16,8 @@ The script runs ``minirlhf pipeline`` in this process (same options: --quick, --
     generation                               the prefill as a forward pass, then one position per
                                              row and step, attending to the cache
 
+Positions are those the model computes: a preference pair collated with its prompt once (the
+reward model's and DPO's default ``share_prompt``) counts |x| + |y_w| + |y_l|, not 2 |x| + |y_w| + |y_l|.
 A multiply-add is 2 FLOPs. "tokens/s" is positions computed per wall second (forward, backward and
 generation alike, counted once each); "model GFLOP/s" is the counted FLOPs over the stage's wall
 time, and "of matmul" divides it by a square fp32 ``torch.matmul``'s GFLOP/s, measured before
@@ -71,14 +73,14 @@ def install(counter: Counter):
     def grad_factor(model):
         return 3 if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()) else 1
 
-    def hidden_states(self, idx, attention_mask=None):
+    def hidden_states(self, idx, attention_mask=None, positions=None, allowed=None):
         B, T = idx.shape
         counter.add(B * T, grad_factor(self) * B * T * body_flops(self.config, T))
-        return orig_hidden(self, idx, attention_mask)
+        return orig_hidden(self, idx, attention_mask, positions, allowed)
 
-    def forward(self, idx, attention_mask=None):
+    def forward(self, idx, attention_mask=None, positions=None, allowed=None):
         counter.add(0, grad_factor(self) * idx.numel() * head_flops(self.config))
-        return orig_forward(self, idx, attention_mask)
+        return orig_forward(self, idx, attention_mask, positions, allowed)
 
     def _step(self, idx, pos, allowed, cache):
         B, T = idx.shape

@@ -131,6 +131,9 @@ class DPOConfig:
     batch_size: int = field(default=32, metadata={"help": "pairs per optimizer step"})
     max_len: int = field(default=0, metadata={"help": "longest sequence (0: the model's block_size)"})
     truncation: Literal["error", "left"] = "error"
+    share_prompt: bool = field(default=True, metadata={
+        "help": "one row per pair, x y_w y_l, the prompt computed once (data.share_prompts): the same "
+                "log-probs for fewer positions; false: the chosen and the rejected sequence in rows of their own"})
     on_bad_row: Literal["skip", "raise"] = field(default="skip", metadata={
         "help": "bad rows of --data (invalid JSON, identical pair, unencodable, too long): skipped and listed "
                 "with their file:line, or the first one raises"})
@@ -162,7 +165,7 @@ def build_pool(model, rows, tokenizer, template, cfg: DPOConfig, device, ref_mod
         return PairPool(rows, torch.zeros(len(rows)), torch.zeros(len(rows)))
     max_len = cfg.max_len or model.config.block_size
     ref_c, ref_r = reference_logps(model, rows, tokenizer, template, max_len, cfg.truncation, cfg.batch_size,
-                                   device, ref_model, autocast)
+                                   device, ref_model, autocast, cfg.share_prompt)
     return PairPool(rows, ref_c, ref_r)
 
 
@@ -342,7 +345,8 @@ def dpo_step(model, optimizer, params, rows, ref_chosen, ref_rejected, cfg: DPOC
                                                                  cfg, tokenizer, template, max_len, device, ref_model)
                     loss = losses.sum() / n * d.world_size
         else:
-            batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation)
+            batch = collate_preferences(tokenizer, template, [rows[i] for i in part], max_len, cfg.truncation,
+                                        share_prompt=cfg.share_prompt)
             kl_batch = kl_collate(tokenizer, template, [rows[i] for i in part], max_len, cfg)
             with timer("forward"):
                 with autocast():
@@ -383,7 +387,7 @@ def pair_metrics(model, pool: PairPool, cfg: DPOConfig, tokenizer, template, dev
               "rewards/rejected": 0.0}
     for i in range(0, len(pool), cfg.batch_size):
         rows = pool.rows[i : i + cfg.batch_size]
-        batch = collate_preferences(tokenizer, template, rows, max_len, cfg.truncation)
+        batch = collate_preferences(tokenizer, template, rows, max_len, cfg.truncation, share_prompt=cfg.share_prompt)
         # kto's z_0 is one number per batch: a last batch of one pair takes it from the first two pairs
         kl_rows = rows if len(rows) >= 2 else pool.rows[:2]
         with autocast():

@@ -83,6 +83,9 @@ class RewardConfig:
     on_bad_row: Literal["skip", "raise"] = field(default="skip", metadata={
         "help": "bad rows (identical pair, empty text, prob outside [0, 1], too long, ...): skipped and "
                 "counted, or the first one raises"})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "one row per pair, x y_c y_r, the prompt computed once (data.share_prompts): the same scores "
+                "for fewer positions; false: the chosen and the rejected sequence in rows of their own"})
     eval_every: int = 100
     eval_pairs: int = field(default=0, metadata={"help": "held-out pairs evaluated (0: all)"})
     eval_batch_size: int = 256
@@ -116,7 +119,15 @@ def load_reward_model(folder, policy_tokenizer=None, device="cpu"):
 
 def pair_scores(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """r(x, y_c) and r(x, y_r) for a collate_preferences batch, from ONE forward pass over the
-    2B stacked rows (chosen rows 0..B-1, rejected rows B..2B-1). Returns two (B,) tensors."""
+    2B stacked rows (chosen rows 0..B-1, rejected rows B..2B-1), or over its B rows x y_c y_r when
+    it was collated with ``share_prompt`` (``data.share_prompts``: each response's last token has
+    the hidden state it has in its own sequence). Returns two (B,) tensors."""
+    if "shared" in batch:
+        s = batch["shared"]
+        values = model(s["input_ids"].to(device), positions=s["positions"].to(device),
+                       allowed=s["allowed"].to(device))  # (B,T)
+        return (values.gather(1, s["chosen_last"].to(device)[:, None]).squeeze(1),
+                values.gather(1, s["rejected_last"].to(device)[:, None]).squeeze(1))
     scores = model.score(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (2B,)
     B = scores.shape[0] // 2
     return scores[:B], scores[B:]
@@ -219,7 +230,8 @@ def evaluate_pairs(model, tokenizer, template, rows: list[dict], cfg: RewardConf
     model.eval()
     chosen, rejected = [], []
     for i in range(0, len(rows), cfg.eval_batch_size):
-        batch = collate_preferences(tokenizer, template, rows[i:i + cfg.eval_batch_size], max_len, cfg.truncation)
+        batch = collate_preferences(tokenizer, template, rows[i:i + cfg.eval_batch_size], max_len, cfg.truncation,
+                                    share_prompt=cfg.share_prompt)
         c, r = pair_scores(model, batch, device)
         chosen.append(c)
         rejected.append(r)
@@ -374,7 +386,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
                     chosen, rejected = ranking_pairs(scores, sizes)
                     prob = torch.ones_like(chosen)
                 else:
-                    batch = collate_preferences(tokenizer, template, part, max_len, cfg.truncation)
+                    batch = collate_preferences(tokenizer, template, part, max_len, cfg.truncation,
+                                                share_prompt=cfg.share_prompt)
                     chosen, rejected = pair_scores(model, batch, run.device)
                     chosen, rejected = chosen.float(), rejected.float()
                     labels = pair_tensors(part, cfg.use_strength, chosen.dtype, run.device)

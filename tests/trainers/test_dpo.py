@@ -143,12 +143,13 @@ def test_with_dropout_the_first_logged_step_is_still_log_2(init, tmp_path, lora)
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
-def test_loss_falls_on_a_fixed_batch_with_one_forward_pass_per_step(init, loss_type):
+@pytest.mark.parametrize("loss_type,share_prompt", [("sigmoid", True), ("ipo", True), ("hinge", True),
+                                                    ("sigmoid", False)])
+def test_loss_falls_on_a_fixed_batch_with_one_forward_pass_per_step(init, loss_type, share_prompt):
     torch.manual_seed(0)
     model, tok, template = tiny_model(init, lora=False, dtype=torch.float32)
     rows = gold_pairs(4)
-    cfg = DPOConfig(batch_size=4, dpo=DPOLossConfig(beta=0.1, loss_type=loss_type))
+    cfg = DPOConfig(batch_size=4, dpo=DPOLossConfig(beta=0.1, loss_type=loss_type), share_prompt=share_prompt)
     cfg.optim.lr = 1e-2
     pool = build_pool(model, rows, tok, template, cfg, "cpu")
     calls = []
@@ -157,7 +158,8 @@ def test_loss_falls_on_a_fixed_batch_with_one_forward_pass_per_step(init, loss_t
     opt = make_optimizer(params, cfg.optim)
     history = [dpo_step(model, opt, params, rows, pool.ref_chosen, pool.ref_rejected, cfg, tok, template, 1e-2)
                for _ in range(25)]
-    assert len(calls) == 25 and all(shape[0] == 8 for shape in calls)  # 4 chosen + 4 rejected rows at once
+    # one pass a step: 4 rows x y_w y_l (share_prompt), or 4 chosen + 4 rejected rows
+    assert len(calls) == 25 and all(shape[0] == (4 if share_prompt else 8) for shape in calls)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert history[-1]["rewards/accuracies"] == 1.0 and history[-1]["rewards/margins"] > 0
 
