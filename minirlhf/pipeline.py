@@ -135,7 +135,7 @@ RECIPES = {
         "sft": {"epochs": 2.0, "lora": {"enabled": True, "r": 16, "alpha": 32}},
         "collect": {"k": 8, "temperature": 1.5},
         "rm": {"unique": True, "batch_size": 32, "epochs": 16.0, "eval_every": 400},
-        "dpo": {"epochs": 1.0},
+        "dpo": {"epochs": 1.0, "eval_every": 150},
     },
     # Full fine-tuning for 4 epochs after 400 pretraining steps: a LoRA adapter or less training leaves
     # greedy answers off topic on the held-out phrasings (on seed 0: on_topic 0.15 with LoRA r=16 for
