@@ -1,7 +1,8 @@
 """make_optimizer: two AdamW steps equal the closed form of Loshchilov & Hutter (2019, Algorithm 2),
-computed here by hand, with weight decay on matrices only; on the CPU it takes PyTorch's fused kernel."""
+computed here by hand, with weight decay on matrices only, on PyTorch's per-op path and on its fused kernel."""
 import math
 
+import pytest
 import torch
 
 from minirlhf.trainers.common import OptimConfig, make_optimizer
@@ -19,13 +20,14 @@ def adamw_by_hand(p, grads, lr, wd, b1, b2, eps):
     return p
 
 
-def test_two_steps_equal_the_closed_form_with_decay_on_matrices_only():
+@pytest.mark.parametrize("fused", [False, True])
+def test_two_steps_equal_the_closed_form_with_decay_on_matrices_only(fused):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
     b = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
-    cfg = OptimConfig(lr=0.05, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    cfg = OptimConfig(lr=0.05, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, fused=fused)
     opt = make_optimizer([w, b], cfg)
-    assert all(g["fused"] for g in opt.param_groups)  # CPU tensors: the fused kernel
+    assert all(bool(g["fused"]) == fused for g in opt.param_groups)
     w0, b0 = w.detach().clone(), b.detach().clone()
     gw = [torch.randn(3, 4, dtype=torch.float64) for _ in range(2)]
     gb = [torch.randn(4, dtype=torch.float64) for _ in range(2)]
