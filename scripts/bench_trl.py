@@ -17,7 +17,9 @@ other, repeated ``--repeats`` times alternately; the figures are medians over re
 
 minirlhf's side is its trainers' own step: ``dpo_step`` for DPO (as scripts/bench_dpo.py times it)
 and, for the reward model, the body of ``train_reward_model``'s loop (collate_preferences, one
-forward of the 2B rows, Bradley-Terry loss, backward, clipping, AdamW, the metrics' host reads).
+forward pass, Bradley-Terry loss, backward, clipping, AdamW, the metrics' host reads). Both take the
+trainers' default layout, one row x y_w y_l a pair with the prompt computed once (``share_prompt``);
+``--no-share-prompt`` times the 2B-row layout, chosen rows over rejected rows, as TRL computes it.
 TRL is imported only here, when installed; without it the script times minirlhf alone and says so.
 ``--dtype bf16`` runs both sides in bf16 autocast (minirlhf's ``--run.dtype bf16``, TRL's ``bf16=True``),
 weights and optimizer state in fp32 on both.
@@ -65,7 +67,7 @@ def ours_dpo(rows, args) -> float:
     torch.manual_seed(0)
     tok, template = CharTokenizer(ALPHABET), get_template("plain")
     model = GPT(CONFIGS["TINY"]["cfg"])
-    cfg = DPOConfig(batch_size=args.pairs)
+    cfg = DPOConfig(batch_size=args.pairs, share_prompt=args.share_prompt)
     cfg.lora.enabled = False
     cfg.optim = OptimConfig(lr=LR, warmup_steps=0)
     model.train()
@@ -85,7 +87,7 @@ def ours_rm(rows, args) -> float:
     torch.manual_seed(0)
     tok, template = CharTokenizer(ALPHABET), get_template("plain")
     model = RewardModel(GPT(CONFIGS["TINY"]["cfg"]))
-    cfg = RewardConfig(batch_size=args.pairs)
+    cfg = RewardConfig(batch_size=args.pairs, share_prompt=args.share_prompt)
     cfg.optim = OptimConfig(lr=LR, warmup_steps=0)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,7 +96,7 @@ def ours_rm(rows, args) -> float:
     stamps = [time.perf_counter()]
     for step in range(1, args.steps + 1):
         part = rows[(step - 1) * args.pairs: step * args.pairs]
-        batch = collate_preferences(tok, template, part, max_len, "error")
+        batch = collate_preferences(tok, template, part, max_len, "error", share_prompt=cfg.share_prompt)
         with autocast("cpu", args.dtype):
             chosen, rejected = pair_scores(model, batch, "cpu")
         chosen, rejected = chosen.float(), rejected.float()
@@ -207,6 +209,8 @@ def main(argv=None):
     ap.add_argument("--matmul-n", type=int, default=1024)
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: both sides in bf16 autocast (minirlhf --run.dtype bf16, TRL bf16=True)")
+    ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
+                    help="minirlhf with chosen and rejected in rows of their own (its trainers' share_prompt=false)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -223,7 +227,7 @@ def main(argv=None):
     c = CONFIGS["TINY"]["cfg"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; {note}; TINY GPT (V={c.vocab_size}, "
           f"L={c.n_layer}, H={c.n_head}, C={c.n_embd}), full fine-tuning, {args.pairs} pairs/step, "
-          f"~{args.seq_len} characters/sequence; median step time of steps {args.warmup + 1}..{args.steps}, "
+          f"~{args.seq_len} characters/sequence; minirlhf {'one row a pair, x y_w y_l' if args.share_prompt else '2B rows'}; median step time of steps {args.warmup + 1}..{args.steps}, "
           f"medians of {args.repeats} alternating runs")
     base = matmul_gflops(args.matmul_n, 3)
     print(f"baseline: {args.matmul_n}x{args.matmul_n} fp32 matmul {base:.1f} GFLOP/s")
