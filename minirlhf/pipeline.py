@@ -1,7 +1,7 @@
 """The whole experiment in one command: pretrain -> SFT (LoRA) -> preferences -> reward model ->
 PPO, TRPO, GRPO, RLOO and DPO, each from the same SFT start; then one table and one figure.
 
-    minirlhf pipeline                      arithmetic, built-in recipe (about 15 minutes on 2 CPU cores)
+    minirlhf pipeline                      arithmetic, built-in recipe (about 7 minutes on 2 CPU cores)
     minirlhf pipeline --quick              a smoke run of every stage (under a minute)
     minirlhf pipeline --task instruct      the instruction task with its heuristic judge (about 10 minutes)
     minirlhf pipeline --task bandit        one-token arms with seeded rewards (seconds per stage)
