@@ -209,7 +209,8 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """["ppo.iterations=80", "dpo.dpo.beta=0.2"] -> {"ppo": {"iterations": 80}, "dpo": {"dpo": {"beta": 0.2}}}."""
+    """["ppo.iterations=80", "dpo.dpo.beta=0.2"] -> {"ppo": {"iterations": 80}, "dpo": {"dpo": {"beta": 0.2}}}.
+    Values are Python literals; true and false, as the stages' flags take them, are booleans too."""
     out: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -217,10 +218,13 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
         if not sep or len(parts) < 2 or parts[0] not in STAGES + tuple(VARIANTS):
             raise ValueError(f"--set {item!r}: expected stage.key=value with stage one of "
                              f"{', '.join(STAGES + tuple(VARIANTS))}")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
+        if value.strip() in ("true", "false"):  # as the stages' own flags write them: --unique false
+            parsed = value.strip() == "true"
+        else:
+            try:
+                parsed = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                parsed = value
         node = out.setdefault(parts[0], {})
         for p in parts[1:-1]:
             node = node.setdefault(p, {})

@@ -13,6 +13,10 @@ def test_overrides_parse_nested_keys_and_python_literals():
                             "collect.judge=noisy"]) == {
         "ppo": {"iterations": 80}, "dpo": {"dpo": {"beta": 0.2}}, "sft": {"lora": {"targets": ["attn.q_proj"]}},
         "collect": {"judge": "noisy"}}
+    # booleans as the stages' own flags write them, and as Python does
+    assert parse_overrides(["rm.share_prompt=false", "dpo.share_prompt=true", "rm.unique=False"]) == {
+        "rm": {"share_prompt": False, "unique": False}, "dpo": {"share_prompt": True}}
+    assert stage_configs(PipelineConfig(set=["rm.share_prompt=false"]))["rm"].share_prompt is False
     for bad in ("ppo", "ppo=3", "nope.iterations=3"):
         with pytest.raises(ValueError, match="stage.key=value"):
             parse_overrides([bad])
