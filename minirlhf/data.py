@@ -744,7 +744,7 @@ def usable_rows(path, kind: str, tokenizer, template, max_len, truncation: str =
     lines = _row_lines(path, bad)
     kept, checked = [], {}  # a row repeated in the file (K samples of a confident policy) is encoded once
     for row, line in zip(rows, lines):
-        key = json.dumps(row, sort_keys=True, default=str)
+        key = _row_key(row)
         if key not in checked:
             checked[key] = _encoding_error(row, kind, tokenizer, template, max_len, truncation)
         e = checked[key]
@@ -789,11 +789,16 @@ def row_sequences(row: dict) -> list[dict]:
     return [{"prompt": row["prompt"], "response": r} for r in responses]
 
 
+def _row_key(row: dict) -> str:
+    """A row's identity: every field, in sorted-key JSON (two rows with equal fields have equal keys)."""
+    return json.dumps(row, sort_keys=True, default=str)
+
+
 def unique_rows(rows: list[dict]) -> list[dict]:
     """The rows with exact repeats (every field equal) dropped, first occurrences in order."""
     seen, out = set(), []
     for row in rows:
-        key = json.dumps(row, sort_keys=True, default=str)
+        key = _row_key(row)
         if key not in seen:
             seen.add(key)
             out.append(row)
