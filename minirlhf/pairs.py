@@ -33,16 +33,20 @@ def batch_logps(model, batch: dict, device) -> torch.Tensor:
 
 def shared_prompt_logps(model, shared: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_w|x) and log pi(y_l|x), (B,) each, from one forward pass over the B rows x y_w y_l of
-    ``data.share_prompts``, dropout off: the token at column t is scored by the logits at column
-    predictor[t] (its previous token in its own sequence), and the sums run over each segment."""
-    ids, pos, allowed, segment, predictor = (shared[k].to(device) for k in
-                                             ("input_ids", "positions", "allowed", "segment", "predictor"))
+    ``data.share_prompts``, dropout off. As in ``logprobs.token_logprobs``, column t scores the token at
+    t + 1, summed over each segment; the one exception is y_l's first token, which follows the prompt,
+    not y_w: it is scored from its ``predictor`` column (the prompt's last), not from y_w's EOS."""
+    ids, pos, allowed, segment, predictor, chosen_last = (shared[k].to(device) for k in (
+        "input_ids", "positions", "allowed", "segment", "predictor", "chosen_last"))
     with dropout_off(model):
         logits = model(ids, positions=pos, allowed=allowed)  # (B,T,V)
-    scoring = logits.gather(1, predictor[:, :, None].expand_as(logits))  # (B,T,V): row t predicts token t
-    logp = logprobs_from_logits(scoring, ids)  # (B,T)
-    return ((logp * (segment == 1).to(logp.dtype)).sum(-1),
-            (logp * (segment == 2).to(logp.dtype)).sum(-1))
+    logp = logprobs_from_logits(logits[:, :-1], ids[:, 1:])  # (B,T-1): column t scores token t + 1
+    rows, first_l = torch.arange(ids.size(0), device=ids.device), chosen_last + 1  # y_l's first column
+    first = logprobs_from_logits(logits[rows, predictor[rows, first_l]], ids[rows, first_l])  # (B,)
+    scored = segment[:, 1:]  # (B,T-1): the segment of the token each column scores
+    in_l = (scored == 2).index_put((rows, chosen_last), torch.zeros((), dtype=torch.bool, device=ids.device))
+    return ((logp * (scored == 1).to(logp.dtype)).sum(-1),
+            (logp * in_l.to(logp.dtype)).sum(-1) + first)
 
 
 def concatenated_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
